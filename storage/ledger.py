@@ -1,0 +1,315 @@
+"""The cost ledger: append-only rows plus per-day aggregates kept in the same transaction.
+
+``summarize_ledger`` answers from the aggregates for every whole UTC day in
+the window and from the raw rows only for the partial days at its edges, so
+it is exact without scanning the ledger.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from peewee import SQL, fn
+
+from storage.base import unit_of_work
+from storage.clock import as_utc, day_of, next_day, previous_day, start_of_day, to_text
+from storage.errors import BudgetExceeded, InvalidArgument
+from storage.models import LedgerDailyRow, LedgerRow, RunRow
+from storage.records import (
+    METADATA_KEY,
+    LedgerEntry,
+    LedgerTotals,
+    NewLedgerEntry,
+    Run,
+    UsageGroup,
+    UsageSummary,
+    from_nano,
+    to_nano,
+)
+from storage.runs import Guard, RunStore, run_record
+
+BASIC_DIMENSIONS = ("provider", "model", "day", "name")
+NONE_KEY = "(none)"
+INSERT_CHUNK = 500
+
+
+@dataclass
+class LedgerAppend:
+    """What an append wrote: the entries, and each touched run as it now stands."""
+
+    entries: list[LedgerEntry]
+    runs: dict[str, Run] = field(default_factory=dict)
+    halted: list[Run] = field(default_factory=list)
+
+
+def ledger_record(row: LedgerRow) -> LedgerEntry:
+    return LedgerEntry(
+        id=row.id,
+        run_id=row.run_id,
+        step_index=row.step_index,
+        provider=row.provider,
+        model=row.model,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        cached_tokens=row.cached_tokens,
+        dollars=from_nano(row.dollars_nano),
+        priced=row.priced,
+        price_version=row.price_version,
+        response_id=row.response_id,
+        created_at=row.created_at,
+    )
+
+
+def validate_by(by: str) -> str | None:
+    """Check a grouping dimension; return the metadata key for ``metadata.KEY``."""
+    if by in BASIC_DIMENSIONS:
+        return None
+    if by.startswith("metadata."):
+        key = by[len("metadata."):]
+        if METADATA_KEY.match(key):
+            return key
+        raise InvalidArgument(f"invalid metadata key {key!r}: it must match [A-Za-z0-9_-]+")
+    raise InvalidArgument(
+        f"invalid grouping {by!r}: use provider, model, day, name or metadata.KEY"
+    )
+
+
+@dataclass
+class _Window:
+    """A [since, until) window cut into whole days and partial-day edges."""
+
+    first_day: str | None  # first whole day (None = unbounded below)
+    last_day: str | None  # last whole day (None = unbounded above)
+    has_days: bool
+    edges: list[tuple[str, str]]  # [start, end) text ranges read from raw rows
+
+
+def _cut(since: datetime | None, until: datetime | None) -> _Window:
+    if since is not None and until is not None and since >= until:
+        return _Window(None, None, False, [])
+    edges: list[tuple[datetime, datetime]] = []
+    first_day = last_day = None
+    if since is not None:
+        if since == start_of_day(since):
+            first_day = day_of(since)
+        else:
+            first_day = next_day(day_of(since))
+            midnight = start_of_day(since) + timedelta(days=1)
+            edges.append((since, midnight if until is None else min(midnight, until)))
+    if until is not None:
+        # Whole days end before until's day; the part of that day before until is an edge.
+        last_day = previous_day(day_of(until))
+        start = start_of_day(until)
+        if until != start and (since is None or start >= since):
+            edges.append((start, until))
+    has_days = first_day is None or last_day is None or first_day <= last_day
+    return _Window(first_day, last_day, has_days, [(to_text(a), to_text(b)) for a, b in edges])
+
+
+class LedgerStore(RunStore):
+    """Ledger operations of the Store."""
+
+    @unit_of_work
+    def append_ledger(self, entries: list[NewLedgerEntry], after_usage: Guard | None = None,
+                      now: datetime | None = None) -> LedgerAppend:
+        """Append entries all-or-nothing, update aggregates and run usage, then apply the guard.
+
+        Any entry for a halted run refuses the whole list (:class:`BudgetExceeded`)
+        and any unknown run refuses it (:class:`NotFound`). A list that crosses
+        a budget is recorded whole (the money is spent) and then the run halts;
+        the halted runs are in the result.
+        """
+        now = now or self.clock()
+        result = LedgerAppend(entries=[])
+        if not entries:
+            return result
+        rows = []
+        daily: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
+        usage: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        for e in entries:
+            at = as_utc(e.created_at) if e.created_at else now
+            priced = e.priced and e.dollars is not None
+            nano = to_nano(e.dollars) if e.dollars is not None else 0
+            rows.append({
+                "run": e.run_id, "step_index": e.step_index, "provider": e.provider,
+                "model": e.model, "prompt_tokens": e.prompt_tokens,
+                "completion_tokens": e.completion_tokens, "cached_tokens": e.cached_tokens,
+                "dollars_nano": nano, "priced": priced, "price_version": e.price_version,
+                "response_id": e.response_id, "created_at": to_text(at),
+            })
+            sums = daily[(day_of(at), e.run_id, e.provider, e.model)]
+            sums[0] += 1
+            sums[1] += e.prompt_tokens
+            sums[2] += e.completion_tokens
+            sums[3] += e.cached_tokens
+            sums[4] += nano
+            sums[5] += 0 if priced else 1
+            run_usage = usage[e.run_id]
+            run_usage[0] += e.prompt_tokens
+            run_usage[1] += e.completion_tokens
+            run_usage[2] += nano
+        with self.write():
+            for run_id in usage:
+                row = self._locked_run(run_id)
+                if row.status == "halted":
+                    raise BudgetExceeded(run_record(row))
+            for i in range(0, len(rows), INSERT_CHUNK):
+                inserted = (LedgerRow.insert_many(rows[i:i + INSERT_CHUNK])
+                            .returning(LedgerRow).execute())
+                result.entries.extend(ledger_record(r) for r in inserted)
+            for (day, run_id, provider, model), s in daily.items():
+                (LedgerDailyRow.insert(day=day, run=run_id, provider=provider, model=model,
+                                       calls=s[0], prompt_tokens=s[1], completion_tokens=s[2],
+                                       cached_tokens=s[3], dollars_nano=s[4],
+                                       unpriced_calls=s[5])
+                 .on_conflict(
+                     conflict_target=[LedgerDailyRow.day, LedgerDailyRow.run,
+                                      LedgerDailyRow.provider, LedgerDailyRow.model],
+                     update={
+                         LedgerDailyRow.calls: LedgerDailyRow.calls + s[0],
+                         LedgerDailyRow.prompt_tokens: LedgerDailyRow.prompt_tokens + s[1],
+                         LedgerDailyRow.completion_tokens:
+                             LedgerDailyRow.completion_tokens + s[2],
+                         LedgerDailyRow.cached_tokens: LedgerDailyRow.cached_tokens + s[3],
+                         LedgerDailyRow.dollars_nano: LedgerDailyRow.dollars_nano + s[4],
+                         LedgerDailyRow.unpriced_calls: LedgerDailyRow.unpriced_calls + s[5],
+                     })
+                 .execute())
+            for run_id, (prompt, completion, nano) in usage.items():
+                updated = list(RunRow.update(
+                    usage_prompt_tokens=RunRow.usage_prompt_tokens + prompt,
+                    usage_completion_tokens=RunRow.usage_completion_tokens + completion,
+                    usage_dollars_nano=RunRow.usage_dollars_nano + nano,
+                    updated_at=now,
+                ).where(RunRow.id == run_id).returning(RunRow).execute())
+                run = run_record(updated[0])
+                reason = after_usage(run, now) if after_usage else None
+                if reason:
+                    run = self._halt(run_id, reason, now)
+                    result.halted.append(run)
+                result.runs[run_id] = run
+        return result
+
+    @unit_of_work
+    def ledger_for_run(self, run_id: str) -> list[LedgerEntry]:
+        """A run's ledger entries in id (append) order."""
+        self._must_exist(run_id)
+        query = LedgerRow.select().where(LedgerRow.run == run_id).order_by(LedgerRow.id)
+        return [ledger_record(r) for r in query]
+
+    def iter_ledger(self, run_id: str | None = None, batch: int = 5000):
+        """Stream ledger entries in id order, ``batch`` rows per query (constant memory)."""
+        last = 0
+        while True:
+            rows = self._ledger_page(run_id, last, batch)
+            if not rows:
+                return
+            yield from rows
+            last = rows[-1].id
+
+    @unit_of_work
+    def _ledger_page(self, run_id: str | None, after_id: int, batch: int) -> list[LedgerEntry]:
+        query = LedgerRow.select().where(LedgerRow.id > after_id)
+        if run_id is not None:
+            query = query.where(LedgerRow.run == run_id)
+        return [ledger_record(r) for r in query.order_by(LedgerRow.id).limit(batch)]
+
+    @unit_of_work
+    def totals(self, run_id: str) -> LedgerTotals:
+        """Count and sums of a run's ledger (zeros for an empty run), from the aggregates."""
+        self._must_exist(run_id)
+        d = LedgerDailyRow
+        row = (d.select(fn.COALESCE(fn.SUM(d.calls), 0).alias("calls"),
+                        fn.COALESCE(fn.SUM(d.prompt_tokens), 0).alias("prompt_tokens"),
+                        fn.COALESCE(fn.SUM(d.completion_tokens), 0).alias("completion_tokens"),
+                        fn.COALESCE(fn.SUM(d.cached_tokens), 0).alias("cached_tokens"),
+                        fn.COALESCE(fn.SUM(d.dollars_nano), 0).alias("dollars_nano"),
+                        fn.COALESCE(fn.SUM(d.unpriced_calls), 0).alias("unpriced_calls"))
+               .where(d.run == run_id).dicts().get())
+        return LedgerTotals(run_id=run_id, calls=int(row["calls"]),
+                            prompt_tokens=int(row["prompt_tokens"]),
+                            completion_tokens=int(row["completion_tokens"]),
+                            cached_tokens=int(row["cached_tokens"]),
+                            dollars=from_nano(int(row["dollars_nano"])),
+                            unpriced_calls=int(row["unpriced_calls"]))
+
+    @unit_of_work
+    def summarize_ledger(self, by: str = "model", since: datetime | None = None,
+                         until: datetime | None = None) -> UsageSummary:
+        """Spend grouped by ``by`` over ``[since, until)`` (None = unbounded).
+
+        ``by`` is provider, model, day (UTC date of the call), name (the run's
+        name) or ``metadata.KEY`` (the run's metadata; a missing key groups as
+        ``(none)``). Groups are ordered by dollars descending, then key.
+        """
+        meta_key = validate_by(by)
+        since = as_utc(since) if since else None
+        until = as_utc(until) if until else None
+        window = _cut(since, until)
+        # Per-run grouping for name/metadata: the run decides the key, mapped below.
+        dim = by if by in ("provider", "model", "day") else "run"
+        sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+        if window.has_days:
+            self._add_daily(sums, dim, window.first_day, window.last_day)
+        for start, end in window.edges:
+            self._add_raw(sums, dim, start, end)
+        if dim == "run":
+            sums = self._regroup_by_run(sums, by, meta_key)
+        groups = [UsageGroup(key=k, calls=s[0], prompt_tokens=s[1], completion_tokens=s[2],
+                             dollars=from_nano(s[3])) for k, s in sums.items()]
+        nano = {k: s[3] for k, s in sums.items()}
+        groups.sort(key=lambda g: (-nano[g.key], g.key))
+        total = UsageGroup(key="total", calls=sum(g.calls for g in groups),
+                           prompt_tokens=sum(g.prompt_tokens for g in groups),
+                           completion_tokens=sum(g.completion_tokens for g in groups),
+                           dollars=from_nano(sum(nano.values())))
+        unpriced = sum(s[4] for s in sums.values())
+        return UsageSummary(by=by, since=since, until=until, groups=groups, total=total,
+                            unpriced_calls=unpriced)
+
+    def _add_daily(self, sums, dim: str, first: str | None, last: str | None) -> None:
+        d = LedgerDailyRow
+        column = {"provider": d.provider, "model": d.model, "day": d.day, "run": d.run}[dim]
+        query = (d.select(column.alias("k"), fn.SUM(d.calls), fn.SUM(d.prompt_tokens),
+                          fn.SUM(d.completion_tokens), fn.SUM(d.dollars_nano),
+                          fn.SUM(d.unpriced_calls))
+                 .group_by(column))
+        if first is not None:
+            query = query.where(d.day >= first)
+        if last is not None:
+            query = query.where(d.day <= last)
+        for k, *values in query.tuples():
+            target = sums[k]
+            for i, v in enumerate(values):
+                target[i] += int(v)
+
+    def _add_raw(self, sums, dim: str, start: str, end: str) -> None:
+        r = LedgerRow
+        column = {"provider": r.provider, "model": r.model,
+                  "day": fn.SUBSTR(r.created_at, 1, 10), "run": r.run}[dim]
+        unpriced = fn.SUM(SQL("CASE WHEN priced THEN 0 ELSE 1 END"))
+        query = (r.select(column.alias("k"), fn.COUNT(r.id), fn.SUM(r.prompt_tokens),
+                          fn.SUM(r.completion_tokens), fn.SUM(r.dollars_nano), unpriced)
+                 .where((r.created_at >= start) & (r.created_at < end))
+                 .group_by(column))
+        for k, *values in query.tuples():
+            target = sums[k]
+            for i, v in enumerate(values):
+                target[i] += int(v)
+
+    def _regroup_by_run(self, sums, by: str, meta_key: str | None):
+        runs = {r.id: r for r in RunRow.select(RunRow.id, RunRow.name, RunRow.metadata)
+                .where(RunRow.id.in_(list(sums)))} if sums else {}
+        out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+        for run_id, s in sums.items():
+            run = runs.get(run_id)
+            if by == "name":
+                key = run.name if run else ""
+            else:
+                key = (run.metadata or {}).get(meta_key, NONE_KEY) if run else NONE_KEY
+            target = out[key]
+            for i, v in enumerate(s):
+                target[i] += v
+        return out

@@ -1,0 +1,245 @@
+"""Peewee models, bound late to a :class:`peewee.DatabaseProxy`.
+
+The schema itself is created by the frozen scripts in ``migrations/``; these
+models must describe the same tables (the contract tests would fail if not).
+Times are fixed-width UTC text (see :mod:`storage.clock`), money is integer
+nano-dollars, JSON is text.
+"""
+
+from __future__ import annotations
+
+import json
+
+from peewee import (
+    AutoField,
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    DatabaseProxy,
+    DoubleField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+from storage.clock import from_text, to_text
+
+database = DatabaseProxy()
+
+
+class TimestampField(CharField):
+    """An aware datetime stored as 27-character UTC text."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", 27)
+        super().__init__(**kwargs)
+
+    def db_value(self, value):
+        if value is None or isinstance(value, str):
+            return value
+        return to_text(value)
+
+    def python_value(self, value):
+        return None if value is None else from_text(value)
+
+
+class JSONTextField(TextField):
+    """Any JSON value, stored as compact text."""
+
+    def db_value(self, value):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class RunRow(BaseModel):
+    id = CharField(primary_key=True, max_length=200)
+    name = TextField(default="")
+    status = CharField(max_length=16, default="running", index=True)
+    halt_reason = CharField(max_length=40, null=True)
+    policy_ref = CharField(max_length=200, null=True)
+    budget_tokens = BigIntegerField(default=0)
+    budget_dollars = DoubleField(default=0)
+    budget_loops = IntegerField(default=0)
+    budget_seconds = IntegerField(default=0)
+    usage_prompt_tokens = BigIntegerField(default=0)
+    usage_completion_tokens = BigIntegerField(default=0)
+    usage_dollars_nano = BigIntegerField(default=0)
+    usage_loops = IntegerField(default=0)
+    metadata = JSONTextField(default=dict)
+    alerted = JSONTextField(default=list)
+    created_at = TimestampField()
+    updated_at = TimestampField()
+
+    class Meta:
+        table_name = "run"
+
+
+class ToolCallRow(BaseModel):
+    id = CharField(primary_key=True, max_length=200)
+    run = ForeignKeyField(RunRow, column_name="run_id", backref="tool_calls")
+    step_index = IntegerField(default=0)
+    tool = TextField()
+    side_effect = TextField(default="")
+    arguments = JSONTextField(default=dict)
+    status = CharField(max_length=16, default="recorded")
+    approval_id = CharField(max_length=40, null=True)
+    created_at = TimestampField()
+
+    class Meta:
+        table_name = "tool_call"
+
+
+class ApprovalRow(BaseModel):
+    id = CharField(primary_key=True, max_length=40)
+    agent = TextField()
+    kind = TextField()
+    summary = TextField()
+    payload = JSONTextField(null=True)
+    status = CharField(max_length=16, default="pending")
+    reason = TextField(null=True)
+    decided_by = TextField(null=True)
+    decided_at = TimestampField(null=True)
+    run = ForeignKeyField(RunRow, column_name="run_id", null=True)
+    tool_call = ForeignKeyField(ToolCallRow, column_name="tool_call_id", null=True)
+    idempotency_key = CharField(max_length=200, null=True, unique=True)
+    fingerprint = CharField(max_length=64, null=True)
+    callback_data = CharField(max_length=64, unique=True)
+    adapter = CharField(max_length=32, default="telegram")
+    conversation_id = TextField(null=True)
+    created_at = TimestampField()
+    expires_at = TimestampField()
+
+    class Meta:
+        table_name = "approval"
+
+
+class ApprovalMessageRow(BaseModel):
+    id = AutoField()
+    approval = ForeignKeyField(ApprovalRow, column_name="approval_id", backref="messages")
+    chat_id = BigIntegerField()
+    message_id = BigIntegerField(null=True)
+    shown = CharField(max_length=16, null=True)
+    updated_at = TimestampField()
+
+    class Meta:
+        table_name = "approval_message"
+
+
+class StepRow(BaseModel):
+    id = AutoField()
+    run = ForeignKeyField(RunRow, column_name="run_id")
+    index = IntegerField(column_name="step_index")
+    status = CharField(max_length=16, default="running")
+    prompt_tokens = BigIntegerField(default=0)
+    completion_tokens = BigIntegerField(default=0)
+    dollars_nano = BigIntegerField(default=0)
+    started_at = TimestampField()
+    ended_at = TimestampField(null=True)
+
+    class Meta:
+        table_name = "step"
+
+
+class LedgerRow(BaseModel):
+    id = AutoField()
+    run = ForeignKeyField(RunRow, column_name="run_id")
+    step_index = IntegerField(default=0)
+    provider = TextField(default="")
+    model = TextField()
+    prompt_tokens = BigIntegerField(default=0)
+    completion_tokens = BigIntegerField(default=0)
+    cached_tokens = BigIntegerField(default=0)
+    dollars_nano = BigIntegerField(default=0)
+    priced = BooleanField(default=True)
+    price_version = TextField(null=True)
+    response_id = TextField(null=True)
+    created_at = TimestampField()
+
+    class Meta:
+        table_name = "ledger_entry"
+
+
+class LedgerDailyRow(BaseModel):
+    """Per (day, run, provider, model) sums, kept in the ledger append's transaction."""
+
+    id = AutoField()
+    day = CharField(max_length=10)
+    run = ForeignKeyField(RunRow, column_name="run_id")
+    provider = TextField(default="")
+    model = TextField()
+    calls = BigIntegerField(default=0)
+    prompt_tokens = BigIntegerField(default=0)
+    completion_tokens = BigIntegerField(default=0)
+    cached_tokens = BigIntegerField(default=0)
+    dollars_nano = BigIntegerField(default=0)
+    unpriced_calls = BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "ledger_daily"
+
+
+class FactRow(BaseModel):
+    id = AutoField()
+    namespace = CharField(max_length=200)
+    key = CharField(max_length=200)
+    value = JSONTextField(null=True)
+    created_at = TimestampField()
+    updated_at = TimestampField()
+
+    class Meta:
+        table_name = "fact"
+
+
+class PolicyRow(BaseModel):
+    name = CharField(primary_key=True, max_length=200)
+    budget_tokens = BigIntegerField(default=0)
+    budget_dollars = DoubleField(default=0)
+    budget_loops = IntegerField(default=0)
+    budget_seconds = IntegerField(default=0)
+    tool_allowlist = JSONTextField(default=list)
+    approval_rules = JSONTextField(default=list)
+    default_safe = BooleanField(default=False)
+    created_at = TimestampField()
+    updated_at = TimestampField()
+
+    class Meta:
+        table_name = "policy"
+
+
+class CheckpointRow(BaseModel):
+    id = AutoField()
+    run = ForeignKeyField(RunRow, column_name="run_id")
+    step_index = IntegerField(default=0)
+    name = TextField(default="")
+    usage_prompt_tokens = BigIntegerField(default=0)
+    usage_completion_tokens = BigIntegerField(default=0)
+    usage_dollars_nano = BigIntegerField(default=0)
+    usage_loops = IntegerField(default=0)
+    payload = JSONTextField(default=dict)
+    created_at = TimestampField()
+
+    class Meta:
+        table_name = "checkpoint"
+
+
+ALL_MODELS = [
+    RunRow,
+    ToolCallRow,
+    ApprovalRow,
+    ApprovalMessageRow,
+    StepRow,
+    LedgerRow,
+    LedgerDailyRow,
+    FactRow,
+    PolicyRow,
+    CheckpointRow,
+]

@@ -1,0 +1,399 @@
+"""Runs, steps, tool calls and checkpoints.
+
+Budget rules live in ``bot/governance.py``; the Store applies them inside its
+transactions through *guards*: ``guard(run, now) -> halt_reason | None``. A
+guard that returns a reason halts the run in the same transaction, the halt
+is committed, and :class:`BudgetExceeded` is raised after the commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from storage.base import StoreBase, unit_of_work
+from storage.db import is_postgres
+from storage.errors import BudgetExceeded, NotFound, RunNotRunning
+from storage.models import (
+    ApprovalRow,
+    CheckpointRow,
+    RunRow,
+    StepRow,
+    ToolCallRow,
+)
+from storage.records import (
+    Approval,
+    Budgets,
+    Checkpoint,
+    NewCheckpoint,
+    NewToolCall,
+    Run,
+    RunUpsert,
+    Step,
+    StepUpsert,
+    ToolCall,
+    from_nano,
+    to_nano,
+)
+
+Guard = Callable[[Run, datetime], str | None]
+
+
+def run_record(row: RunRow) -> Run:
+    return Run(
+        id=row.id,
+        name=row.name,
+        status=row.status,
+        halt_reason=row.halt_reason,
+        policy_ref=row.policy_ref,
+        budget_tokens=row.budget_tokens,
+        budget_dollars=row.budget_dollars,
+        budget_loops=row.budget_loops,
+        budget_seconds=row.budget_seconds,
+        usage_prompt_tokens=row.usage_prompt_tokens,
+        usage_completion_tokens=row.usage_completion_tokens,
+        usage_dollars=from_nano(row.usage_dollars_nano),
+        usage_loops=row.usage_loops,
+        metadata=row.metadata or {},
+        alerted=row.alerted or [],
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _step_record(row: StepRow) -> Step:
+    return Step(
+        run_id=row.run_id,
+        index=row.index,
+        status=row.status,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        dollars=from_nano(row.dollars_nano),
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+    )
+
+
+def tool_call_record(row: ToolCallRow) -> ToolCall:
+    return ToolCall(
+        id=row.id,
+        run_id=row.run_id,
+        step_index=row.step_index,
+        tool=row.tool,
+        side_effect=row.side_effect,
+        arguments=row.arguments or {},
+        status=row.status,
+        approval_id=row.approval_id,
+        created_at=row.created_at,
+    )
+
+
+def _checkpoint_record(row: CheckpointRow) -> Checkpoint:
+    return Checkpoint(
+        id=row.id,
+        run_id=row.run_id,
+        step_index=row.step_index,
+        name=row.name,
+        usage_prompt_tokens=row.usage_prompt_tokens,
+        usage_completion_tokens=row.usage_completion_tokens,
+        usage_dollars=from_nano(row.usage_dollars_nano),
+        usage_loops=row.usage_loops,
+        payload=row.payload or {},
+        created_at=row.created_at,
+    )
+
+
+class RunStore(StoreBase):
+    """Run, step, tool-call and checkpoint operations of the Store."""
+
+    # --- helpers used inside transactions ---------------------------------------
+
+    def _locked_run(self, run_id: str) -> RunRow:
+        """The run row, locked for this transaction (SQLite's IMMEDIATE lock covers it)."""
+        query = RunRow.select().where(RunRow.id == run_id)
+        if is_postgres(self.db):
+            query = query.for_update()
+        row = query.first()
+        if row is None:
+            raise NotFound(f"run {run_id} not found")
+        return row
+
+    def _halt(self, run_id: str, reason: str, now: datetime) -> Run:
+        rows = list(RunRow.update(status="halted", halt_reason=reason, updated_at=now)
+                    .where(RunRow.id == run_id).returning(RunRow).execute())
+        return run_record(rows[0])
+
+    @staticmethod
+    def _require_running(row: RunRow) -> None:
+        if row.status == "halted":
+            raise BudgetExceeded(run_record(row))
+        if row.status != "running":
+            raise RunNotRunning(f"run {row.id} is {row.status}")
+
+    # --- runs ------------------------------------------------------------------------
+
+    @unit_of_work
+    def upsert_run(self, spec: RunUpsert, now: datetime | None = None) -> Run:
+        """Insert or update a run by id.
+
+        An update writes name, budgets and metadata; ``created_at``,
+        ``policy_ref``, status and usage are kept (a halted run stays halted
+        even when its id is reused).
+        """
+        now = now or self.clock()
+        budgets = spec.model_dump(include=set(Budgets.model_fields))
+        with self.write():
+            (RunRow.insert(id=spec.id, name=spec.name, policy_ref=spec.policy_ref,
+                           metadata=spec.metadata, created_at=now, updated_at=now, **budgets)
+             .on_conflict(conflict_target=[RunRow.id],
+                          update={RunRow.name: spec.name,
+                                  RunRow.metadata: spec.metadata,
+                                  RunRow.updated_at: now,
+                                  **{getattr(RunRow, k): v for k, v in budgets.items()}})
+             .execute())
+            return run_record(RunRow.get_by_id(spec.id))
+
+    @unit_of_work
+    def get_run(self, run_id: str) -> Run:
+        row = RunRow.get_or_none(RunRow.id == run_id)
+        if row is None:
+            raise NotFound(f"run {run_id} not found")
+        return run_record(row)
+
+    @unit_of_work
+    def list_runs(self, status: str | None = None, limit: int | None = None) -> list[Run]:
+        """Runs (with ``status``, None = all), newest first."""
+        query = RunRow.select()
+        if status:
+            query = query.where(RunRow.status == status)
+        query = query.order_by(RunRow.created_at.desc(), RunRow.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        return [run_record(r) for r in query]
+
+    def list_runs_by_status(self, status: str) -> list[Run]:
+        return self.list_runs(status)
+
+    @unit_of_work
+    def cancel_run(self, run_id: str, decided_by: str = "api", now: datetime | None = None
+                   ) -> tuple[Run, list[Approval]]:
+        """Halt a running run with reason ``cancelled`` and withdraw its pending approvals.
+
+        Returns the run and the approvals it cancelled (so their messages can
+        be edited and their waiters woken). :class:`RunNotRunning` if the run
+        is not running.
+        """
+        from storage.approvals import approval_record
+
+        now = now or self.clock()
+        with self.write():
+            row = self._locked_run(run_id)
+            if row.status != "running":
+                raise RunNotRunning(f"run {run_id} is already {row.status}"
+                                    + (f" ({row.halt_reason})" if row.halt_reason else ""))
+            run = self._halt(run_id, "cancelled", now)
+            cancelled = list(
+                ApprovalRow.update(status="cancelled", decided_by=decided_by, decided_at=now,
+                                   reason="run cancelled")
+                .where((ApprovalRow.run == run_id) & (ApprovalRow.status == "pending"))
+                .returning(ApprovalRow).execute()
+            )
+        return run, [approval_record(r) for r in cancelled]
+
+    @unit_of_work
+    def resume_run(self, run_id: str, budgets: Budgets, now: datetime | None = None) -> Run:
+        """Set new budgets on a halted run and make it running again (a budget grant).
+
+        A run halted because it was cancelled is not resumed.
+        """
+        now = now or self.clock()
+        with self.write():
+            row = self._locked_run(run_id)
+            if row.status == "halted" and row.halt_reason == "cancelled":
+                raise RunNotRunning(f"run {run_id} was cancelled")
+            rows = list(RunRow.update(status="running", halt_reason=None, updated_at=now,
+                                      alerted=[], **budgets.model_dump())
+                        .where(RunRow.id == run_id).returning(RunRow).execute())
+        return run_record(rows[0])
+
+    @unit_of_work
+    def mark_alerted(self, run_id: str, key: str, now: datetime | None = None) -> bool:
+        """Record that alert ``key`` was sent for this run; False if it already was."""
+        with self.write():
+            row = self._locked_run(run_id)
+            alerted = list(row.alerted or [])
+            if key in alerted:
+                return False
+            alerted.append(key)
+            RunRow.update(alerted=alerted).where(RunRow.id == run_id).execute()
+            return True
+
+    # --- steps -----------------------------------------------------------------------
+
+    @unit_of_work
+    def upsert_step(self, step: StepUpsert, before_step: Guard | None = None,
+                    now: datetime | None = None) -> Step:
+        """Insert or update the step (run_id, index).
+
+        A new index is a new loop: ``before_step`` is consulted first (time,
+        then loops + 1) and the run's ``usage_loops`` grows by one. Steps of a
+        halted run are refused with :class:`BudgetExceeded`.
+        """
+        now = now or self.clock()
+        halted: Run | None = None
+        with self.write():
+            row = self._locked_run(step.run_id)
+            self._require_running(row)
+            existing = StepRow.get_or_none((StepRow.run == step.run_id)
+                                           & (StepRow.index == step.index))
+            if existing is None and before_step is not None:
+                reason = before_step(run_record(row), now)
+                if reason:
+                    halted = self._halt(step.run_id, reason, now)
+            if halted is None:
+                values = {
+                    "status": step.status,
+                    "prompt_tokens": step.prompt_tokens,
+                    "completion_tokens": step.completion_tokens,
+                    "dollars_nano": to_nano(step.dollars),
+                    "ended_at": step.ended_at,
+                }
+                if existing is None:
+                    StepRow.insert(run=step.run_id, index=step.index,
+                                   started_at=step.started_at or now, **values).execute()
+                    RunRow.update(usage_loops=RunRow.usage_loops + 1, updated_at=now).where(
+                        RunRow.id == step.run_id).execute()
+                else:
+                    if step.started_at is not None:
+                        values["started_at"] = step.started_at
+                    StepRow.update(values).where(StepRow.id == existing.id).execute()
+                saved = StepRow.get((StepRow.run == step.run_id) & (StepRow.index == step.index))
+        if halted is not None:
+            raise BudgetExceeded(halted)
+        return _step_record(saved)
+
+    @unit_of_work
+    def list_steps(self, run_id: str) -> list[Step]:
+        """A run's steps in index order."""
+        self._must_exist(run_id)
+        return [_step_record(r) for r in
+                StepRow.select().where(StepRow.run == run_id).order_by(StepRow.index)]
+
+    def _must_exist(self, run_id: str) -> None:
+        if not RunRow.select().where(RunRow.id == run_id).exists():
+            raise NotFound(f"run {run_id} not found")
+
+    # --- tool calls ------------------------------------------------------------------
+
+    @unit_of_work
+    def append_tool_call(self, call: NewToolCall, now: datetime | None = None) -> ToolCall:
+        """Record a tool invocation of a running run (402 for a halted one)."""
+        from storage.approvals import new_approval_id
+
+        now = now or self.clock()
+        with self.write():
+            row = self._locked_run(call.run_id)
+            self._require_running(row)
+            created = ToolCallRow.create(
+                id=call.id or f"tc_{new_approval_id()}",
+                run=call.run_id,
+                step_index=call.step_index,
+                tool=call.tool,
+                side_effect=call.side_effect,
+                arguments=call.arguments,
+                status=call.status,
+                created_at=now,
+            )
+        return tool_call_record(created)
+
+    @unit_of_work
+    def set_tool_call_status(self, call_id: str, status: str,
+                             approval_id: str | None = None) -> ToolCall:
+        values = {"status": status}
+        if approval_id is not None:
+            values["approval_id"] = approval_id
+        rows = list(ToolCallRow.update(values).where(ToolCallRow.id == call_id)
+                    .returning(ToolCallRow).execute())
+        if not rows:
+            raise NotFound(f"tool call {call_id} not found")
+        return tool_call_record(rows[0])
+
+    @unit_of_work
+    def get_tool_call(self, call_id: str) -> ToolCall:
+        row = ToolCallRow.get_or_none(ToolCallRow.id == call_id)
+        if row is None:
+            raise NotFound(f"tool call {call_id} not found")
+        return tool_call_record(row)
+
+    @unit_of_work
+    def list_tool_calls(self, run_id: str) -> list[ToolCall]:
+        """A run's tool calls in audit order: (step index, time, id)."""
+        self._must_exist(run_id)
+        query = (ToolCallRow.select().where(ToolCallRow.run == run_id)
+                 .order_by(ToolCallRow.step_index, ToolCallRow.created_at, ToolCallRow.id))
+        return [tool_call_record(r) for r in query]
+
+    # --- checkpoints -----------------------------------------------------------------
+
+    @unit_of_work
+    def save_checkpoint(self, new: NewCheckpoint, now: datetime | None = None) -> Checkpoint:
+        """Append a checkpoint holding the run's usage now plus the caller's payload."""
+        now = now or self.clock()
+        with self.write():
+            run = self._locked_run(new.run_id)
+            row = CheckpointRow.create(
+                run=new.run_id,
+                step_index=new.step_index,
+                name=new.name,
+                usage_prompt_tokens=run.usage_prompt_tokens,
+                usage_completion_tokens=run.usage_completion_tokens,
+                usage_dollars_nano=run.usage_dollars_nano,
+                usage_loops=run.usage_loops,
+                payload=new.payload,
+                created_at=now,
+            )
+        return _checkpoint_record(row)
+
+    @unit_of_work
+    def latest_checkpoint(self, run_id: str) -> Checkpoint:
+        row = (CheckpointRow.select().where(CheckpointRow.run == run_id)
+               .order_by(CheckpointRow.id.desc()).first())
+        if row is None:
+            raise NotFound(f"run {run_id} has no checkpoint")
+        return _checkpoint_record(row)
+
+    @unit_of_work
+    def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
+        self._must_exist(run_id)
+        query = CheckpointRow.select().where(CheckpointRow.run == run_id).order_by(CheckpointRow.id)
+        return [_checkpoint_record(r) for r in query]
+
+    @unit_of_work
+    def rollback_to_checkpoint(self, run_id: str, now: datetime | None = None) -> Run | None:
+        """Crash resume: set a running run's usage back to its latest checkpoint.
+
+        Only when the usage is ahead of the checkpoint; returns the updated
+        run, or None when nothing changed (no checkpoint, not ahead, not running).
+        """
+        now = now or self.clock()
+        with self.write():
+            run = self._locked_run(run_id)
+            if run.status != "running":
+                return None
+            cp = (CheckpointRow.select().where(CheckpointRow.run == run_id)
+                  .order_by(CheckpointRow.id.desc()).first())
+            if cp is None:
+                return None
+            ahead = (run.usage_prompt_tokens, run.usage_completion_tokens,
+                     run.usage_dollars_nano, run.usage_loops) != (
+                cp.usage_prompt_tokens, cp.usage_completion_tokens,
+                cp.usage_dollars_nano, cp.usage_loops)
+            if not ahead:
+                return None
+            rows = list(RunRow.update(usage_prompt_tokens=cp.usage_prompt_tokens,
+                                      usage_completion_tokens=cp.usage_completion_tokens,
+                                      usage_dollars_nano=cp.usage_dollars_nano,
+                                      usage_loops=cp.usage_loops, updated_at=now)
+                        .where(RunRow.id == run_id).returning(RunRow).execute())
+        return run_record(rows[0])
+

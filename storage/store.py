@@ -1,0 +1,44 @@
+"""The Store: every durable operation Tapgate has, behind one class.
+
+Backends differ only in :mod:`storage.db`; the operations are grouped by
+concern in :mod:`storage.approvals`, :mod:`storage.runs`,
+:mod:`storage.ledger` and :mod:`storage.facts`. See :class:`StoreBase` for
+how asyncio callers use it (``await store.run(store.method, ...)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from storage import migrate as migrations
+from storage.approvals import ApprovalStore
+from storage.clock import utcnow
+from storage.db import open_database
+from storage.facts import FactStore
+from storage.ledger import LedgerStore
+
+
+class Store(ApprovalStore, LedgerStore, FactStore):
+    """Approvals, runs, steps, ledger, tool calls, checkpoints, facts and policies.
+
+    Every method is one transaction and safe to call from many threads at
+    once; every miss raises :class:`storage.errors.NotFound`.
+    """
+
+    @classmethod
+    def from_url(cls, url: str, clock: Callable[[], datetime] = utcnow,
+                 workers: int = 4) -> Store:
+        """Open the database at ``url`` (not migrated: call :meth:`migrate`)."""
+        return cls(open_database(url), clock=clock, workers=workers)
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations (refusing a newer schema); return their names."""
+        return migrations.migrate(self.db)
+
+    def migration_status(self) -> list[migrations.MigrationStatus]:
+        return migrations.status(self.db)
+
+    def check_schema(self) -> None:
+        """Refuse a database whose schema is newer than this code (reads only)."""
+        migrations.check_not_newer(self.migration_status())
