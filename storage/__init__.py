@@ -1,5 +1,6 @@
-"""Tapgate's durable state: peewee models, database opening, migrations and the Store."""
+"""Tapgate's durable state: peewee models, database opening, migrations and the Store.
 
-from storage.store import Store
-
-__all__ = ["Store"]
+Import the Store from :mod:`storage.store`; :mod:`storage.records` (the typed
+records) imports only pydantic, so the agents' client can use it without the
+database drivers.
+"""

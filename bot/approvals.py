@@ -1,0 +1,169 @@
+"""The decision core: submit, resolve, cancel, expire, wait.
+
+Knows nothing of Telegram or HTTP. Every transition is the Store's
+compare-and-set, committed before anyone is told; then the manager wakes the
+agents waiting on that request (in this process, at once) and tells its
+listeners (the Telegram notifier), which must not block.
+
+Waiters also re-read the database every ``poll_interval`` seconds, so a
+decision taken by another process (a second bot instance, the CLI) reaches
+them too, only later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from storage.approvals import parse_callback_data
+from storage.errors import AlreadyFinal, InvalidArgument
+from storage.records import Approval, NewApproval
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[Approval, bool], Any]
+"""``listener(approval, created)``: called after every commit (created=True on submit)."""
+
+MAX_WAIT = 300.0
+
+
+class ApprovalManager:
+    """Submit and decide approval requests; wake the agents that wait on them."""
+
+    def __init__(self, store: Store, chat_ids: list[int], default_ttl: float = 86400.0,
+                 poll_interval: float = 1.0):
+        self.store = store
+        self.chat_ids = list(chat_ids)
+        self.default_ttl = default_ttl
+        self.poll_interval = poll_interval
+        self._waiters: dict[str, set[asyncio.Future]] = defaultdict(set)
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call ``listener(approval, created)`` after every committed change."""
+        self._listeners.append(listener)
+
+    # --- transitions ------------------------------------------------------------------
+
+    async def submit(self, *, agent: str, kind: str, summary: str, payload: Any = None,
+                     ttl_seconds: float | None = None, run_id: str | None = None,
+                     tool_call_id: str | None = None, idempotency_key: str | None = None,
+                     ) -> tuple[Approval, bool]:
+        """Persist a request (and its owed Telegram messages), then announce it.
+
+        Returns ``(approval, created)``; ``created`` is False for a repeated
+        idempotency key (nothing is posted twice).
+        """
+        new = NewApproval(agent=agent, kind=kind, summary=summary, payload=payload,
+                          ttl_seconds=ttl_seconds or self.default_ttl, run_id=run_id,
+                          tool_call_id=tool_call_id, idempotency_key=idempotency_key,
+                          chat_ids=self.chat_ids)
+        approval, created = await self.store.run(self.store.create_approval, new)
+        if created:
+            self._publish(approval, created=True)
+        return approval, created
+
+    async def resolve(self, approval_id: str, status: str, decided_by: str,
+                      reason: str | None = None) -> Approval:
+        """Approve or deny. Raises NotFound, or AlreadyFinal with the current state."""
+        return await self._transition(self.store.resolve_approval, approval_id, status,
+                                      decided_by, reason)
+
+    async def resolve_by_callback(self, data: str, decided_by: str) -> Approval:
+        """Resolve from button data ``appr:<id>:approve|deny`` (InvalidArgument if malformed)."""
+        approval_id, status = parse_callback_data(data)
+        return await self.resolve(approval_id, status, decided_by)
+
+    async def cancel(self, approval_id: str, decided_by: str = "api",
+                     reason: str | None = None) -> Approval:
+        """Withdraw a pending request. Raises NotFound, or AlreadyFinal."""
+        return await self._transition(self.store.cancel_approval, approval_id, decided_by,
+                                      reason)
+
+    async def _transition(self, method, approval_id: str, *args) -> Approval:
+        try:
+            approval = await self.store.run(method, approval_id, *args)
+        except AlreadyFinal as exc:
+            if exc.expired_now:
+                self._publish(exc.approval)
+            raise
+        self._publish(approval)
+        return approval
+
+    async def expire_due(self, now: datetime | None = None) -> list[Approval]:
+        """Expire every due request (one compare-and-set) and announce each."""
+        expired = await self.store.run(self.store.expire_due, now)
+        for approval in expired:
+            self._publish(approval)
+        return expired
+
+    def announce(self, approvals: list[Approval]) -> None:
+        """Announce transitions committed elsewhere (e.g. a run cancel withdrew these)."""
+        for approval in approvals:
+            self._publish(approval)
+
+    # --- waiting ----------------------------------------------------------------------
+
+    async def get(self, approval_id: str) -> Approval:
+        return await self.store.run(self.store.get_approval, approval_id)
+
+    async def wait(self, approval_id: str, timeout: float) -> Approval:
+        """The request once final, or as it stands after ``timeout`` seconds (0..300).
+
+        Returns the moment the decision commits in this process. A request
+        whose ``expires_at`` passes while waiting is expired then and there.
+        """
+        if not 0 <= timeout <= MAX_WAIT:
+            raise InvalidArgument(f"wait must be between 0 and {MAX_WAIT:g} seconds")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        future: asyncio.Future = loop.create_future()
+        self._waiters[approval_id].add(future)
+        try:
+            while True:
+                approval = await self.get(approval_id)
+                if approval.is_final:
+                    return approval
+                now = self.store.clock()
+                if approval.expires_at <= now:
+                    await self.expire_due(now)
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return approval
+                until_expiry = (approval.expires_at - now).total_seconds()
+                slice_ = min(remaining, self.poll_interval, until_expiry + 0.001)
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(future), slice_)
+        finally:
+            waiters = self._waiters.get(approval_id)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiters[approval_id]
+            if not future.done():
+                future.cancel()
+
+    @property
+    def waiting(self) -> int:
+        """How many waits are in progress (for tests and health)."""
+        return sum(len(w) for w in self._waiters.values())
+
+    # --- telling ----------------------------------------------------------------------
+
+    def _publish(self, approval: Approval, created: bool = False) -> None:
+        if approval.is_final:
+            for future in self._waiters.get(approval.id, ()):
+                if not future.done():
+                    future.set_result(approval)
+        for listener in self._listeners:
+            try:
+                listener(approval, created)
+            except Exception:  # a broken listener must not undo a committed decision
+                log.exception("approval listener failed for %s", approval.id)

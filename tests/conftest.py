@@ -1,0 +1,80 @@
+"""Shared fixtures: a migrated Store on SQLite (temp file) and on PostgreSQL.
+
+PostgreSQL: ``TAPGATE_TEST_POSTGRES_URL`` (default the local trust-auth
+server) names a server; one fresh database is created per test session and
+dropped at the end; tables are emptied before each test. When ``CI`` is set
+an unreachable server fails the Postgres tests; elsewhere they skip, saying why.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from urllib.parse import urlparse, urlunparse
+
+import psycopg
+import pytest
+
+from storage.models import ALL_MODELS
+from storage.store import Store
+
+os.environ.setdefault("PTB_TIMEDELTA", "1")
+
+PG_URL = os.environ.get("TAPGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = bool(os.environ.get("CI"))
+
+
+def _with_db(url: str, name: str) -> str:
+    parts = urlparse(url)
+    return urlunparse(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """The URL of a fresh, migrated PostgreSQL database for this test session."""
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL at {PG_URL} is unreachable and CI is set: {exc}")
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({exc}); set "
+                    "TAPGATE_TEST_POSTGRES_URL to run the PostgreSQL tests")
+    name = f"tapgate_test_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(PG_URL, name)
+    store = Store.from_url(url)
+    store.migrate()
+    store.close()
+    try:
+        yield url
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _empty_postgres(url: str) -> None:
+    tables = ", ".join(f'"{m._meta.table_name}"' for m in ALL_MODELS)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    """A migrated, empty database URL, on each backend in turn."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'tapgate.db'}"
+        store = Store.from_url(url)
+        store.migrate()
+        store.close()
+        return url
+    url = request.getfixturevalue("pg_url")
+    _empty_postgres(url)
+    return url
+
+
+@pytest.fixture
+def store(db_url):
+    """A Store on a migrated, empty database (each backend in turn)."""
+    s = Store.from_url(db_url)
+    yield s
+    s.close()
