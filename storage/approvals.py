@@ -195,12 +195,11 @@ class ApprovalStore(StoreBase):
                 .returning(ApprovalRow)
                 .execute()
             )
-            if expired:
-                raise AlreadyFinal(approval_record(expired[0]), expired_now=True)
-            row = ApprovalRow.get_or_none(ApprovalRow.id == approval_id)
+            # Raise only after the block: an exception inside it would roll the expiry back.
+            row = expired[0] if expired else ApprovalRow.get_or_none(ApprovalRow.id == approval_id)
         if row is None:
             raise NotFound(f"approval {approval_id} not found")
-        raise AlreadyFinal(approval_record(row))
+        raise AlreadyFinal(approval_record(row), expired_now=bool(expired))
 
     @unit_of_work
     def expire_due(self, now: datetime | None = None) -> list[Approval]:
@@ -250,7 +249,8 @@ class ApprovalStore(StoreBase):
         ApprovalMessageRow.update(values).where(ApprovalMessageRow.id == ref_id).execute()
 
     @unit_of_work
-    def messages_owed(self, limit: int = 200) -> list[tuple[MessageRef, Approval]]:
+    def messages_owed(self, chat_id: int | None = None, limit: int = 200
+                      ) -> list[tuple[MessageRef, Approval]]:
         """Copies whose display lags their approval: never posted, or showing an old status.
 
         A copy never posted of a request that is already final is owed nothing
@@ -263,4 +263,6 @@ class ApprovalStore(StoreBase):
                         | (ApprovalMessageRow.shown != ApprovalRow.status))
                  .order_by(ApprovalMessageRow.id)
                  .limit(limit))
+        if chat_id is not None:
+            query = query.where(ApprovalMessageRow.chat_id == chat_id)
         return [(_message_record(r), approval_record(r.approval)) for r in query]

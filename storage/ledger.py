@@ -151,7 +151,9 @@ class LedgerStore(RunStore):
             run_usage[1] += e.completion_tokens
             run_usage[2] += nano
         with self.write():
-            for run_id in usage:
+            # Lock the runs in one global order: lists naming the same runs in different
+            # orders would otherwise deadlock on PostgreSQL's row locks.
+            for run_id in sorted(usage):
                 row = self._locked_run(run_id)
                 if row.status == "halted":
                     raise BudgetExceeded(run_record(row))
@@ -288,7 +290,9 @@ class LedgerStore(RunStore):
     def _add_raw(self, sums, dim: str, start: str, end: str) -> None:
         r = LedgerRow
         column = {"provider": r.provider, "model": r.model,
-                  "day": fn.SUBSTR(r.created_at, 1, 10), "run": r.run}[dim]
+                  # Literal bounds: bound parameters would make PostgreSQL see the SELECT's
+                  # and the GROUP BY's SUBSTR as different expressions (and refuse the query).
+                  "day": fn.SUBSTR(r.created_at, SQL("1"), SQL("10")), "run": r.run}[dim]
         unpriced = fn.SUM(SQL("CASE WHEN priced THEN 0 ELSE 1 END"))
         query = (r.select(column.alias("k"), fn.COUNT(r.id), fn.SUM(r.prompt_tokens),
                           fn.SUM(r.completion_tokens), fn.SUM(r.dollars_nano), unpriced)

@@ -1,0 +1,275 @@
+"""Wire models of the socket API: request bodies, query strings and the response shapes
+that are not storage records.
+
+Imports only pydantic and :mod:`storage.records`, so the agents' client
+(:mod:`bot.client`) can use it without the server's dependencies. Every request
+model rejects unknown fields and non-finite numbers; bounds follow the
+database columns, so nothing valid here can fail in the database.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from storage.records import (
+    Approval,
+    ApprovalRule,
+    ApprovalStatus,
+    RunStatus,
+    ToolCall,
+)
+
+MAX_WAIT = 300.0
+MAX_TTL = 30 * 86400.0
+MAX_PAYLOAD = 64 * 1024
+MAX_BODY = 1024 * 1024
+MAX_SUMMARY = 500
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_TOKENS = 10**12  # per call or step; keeps every sum far from the 64-bit limit
+MAX_DOLLARS = 1e6  # per call or step, same reason (stored as integer nano-dollars)
+MAX_BUDGET_TOKENS = 2**62
+MAX_INT32 = 2**31 - 1
+MIN_YEAR, MAX_YEAR = 1970, 9999
+
+# PostgreSQL text cannot hold NUL; refusing it here keeps both backends identical.
+NO_NUL = r"^[^\x00]*$"
+Key = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+"""An identifier: a run id, an agent, a kind, a fact key, a policy name (1..200 characters)."""
+Text = Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)]
+Summary = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SUMMARY, pattern=NO_NUL)]
+Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
+Dollars = Annotated[float, Field(ge=0, le=MAX_DOLLARS)]
+Index = Annotated[int, Field(ge=0, le=MAX_INT32)]
+
+
+def _utc(value: datetime) -> datetime:
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("date out of range") from None
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise ValueError(f"date must be between {MIN_YEAR} and {MAX_YEAR}")
+    return value
+
+
+When = Annotated[datetime, AfterValidator(_utc)]
+"""A time: RFC 3339 or ``YYYY-MM-DD`` (midnight); naive times are UTC."""
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON; ValueError if it holds NaN or Infinity."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and Infinity are not JSON")
+    if isinstance(value, dict | list):
+        try:
+            json_size(value)
+        except ValueError:
+            raise ValueError("NaN and Infinity are not JSON") from None
+    return value
+
+
+JsonValue = Annotated[Any, AfterValidator(_finite)]
+"""Any JSON value (NaN and Infinity refused)."""
+JsonObject = Annotated[dict[str, Any], AfterValidator(_finite)]
+
+
+class Wire(BaseModel):
+    """Base of every request model: unknown fields and non-finite floats are errors."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# --- approvals -------------------------------------------------------------------------
+
+
+class ApprovalCreate(Wire):
+    """``POST /v1/approvals``. ``payload`` is any JSON value up to 64 KiB (else 413)."""
+
+    agent: Key
+    kind: Key
+    summary: Summary
+    payload: Any = Field(None, description="any JSON value, at most 64 KiB as compact JSON")
+    ttl_seconds: float | None = Field(None, ge=1, le=MAX_TTL,
+                                      description="default: the service's TTL (24 h)")
+    run_id: Key | None = None
+    idempotency_key: Key | None = None
+
+
+class ApprovalCancel(Wire):
+    """``POST /v1/approvals/{id}/cancel`` (the body is optional)."""
+
+    reason: Text | None = None
+
+
+class ApprovalQuery(Wire):
+    status: ApprovalStatus | None = None
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+
+
+class WaitQuery(Wire):
+    wait: float | None = Field(None, ge=0, le=MAX_WAIT,
+                               description="hold the response until final or this many seconds")
+
+
+# --- runs, steps, tool calls, checkpoints -------------------------------------------------
+
+
+class BudgetFields(Wire):
+    """Budgets; 0 means unlimited."""
+
+    budget_tokens: int = Field(0, ge=0, le=MAX_BUDGET_TOKENS)
+    budget_dollars: float = Field(0.0, ge=0, le=1e12)
+    budget_loops: int = Field(0, ge=0, le=MAX_INT32)
+    budget_seconds: int = Field(0, ge=0, le=MAX_INT32)
+
+
+class RunPut(BudgetFields):
+    """``PUT /v1/runs/{id}``: a full replacement of name, budgets and metadata.
+
+    ``policy_ref`` is written on insert only; status and usage change only
+    through steps, ledger entries and cancel.
+    """
+
+    name: Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)] = ""
+    metadata: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=200)],
+                   Text] = Field(default_factory=dict)
+    policy_ref: Key | None = None
+
+
+class RunQuery(Wire):
+    status: RunStatus | None = None
+    limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT)
+
+
+class StepPut(Wire):
+    """``PUT /v1/runs/{id}/steps/{index}``; a new index counts one loop."""
+
+    status: Annotated[str, StringConstraints(min_length=1, max_length=16, pattern=NO_NUL)] = (
+        "running")
+    prompt_tokens: Tokens = 0
+    completion_tokens: Tokens = 0
+    dollars: Dollars = 0.0
+    started_at: When | None = None
+    ended_at: When | None = None
+
+
+class ToolCallCreate(Wire):
+    """``POST /v1/runs/{id}/tool-calls``."""
+
+    id: Key | None = None
+    step_index: Index = 0
+    tool: Key
+    side_effect: Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)] = ""
+    arguments: JsonObject = Field(default_factory=dict)
+
+
+class ToolCallResult(BaseModel):
+    """The recorded call, and the approval it needs (null when it needs none)."""
+
+    tool_call: ToolCall
+    approval: Approval | None = None
+
+
+class CheckpointCreate(Wire):
+    """``POST /v1/runs/{id}/checkpoints``: the run's usage now plus an opaque payload."""
+
+    step_index: Index = 0
+    name: Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)] = ""
+    payload: JsonObject = Field(default_factory=dict)
+
+
+# --- ledger ----------------------------------------------------------------------------------
+
+
+class LedgerEntryCreate(Wire):
+    """One model call for ``POST /v1/ledger``; without ``dollars`` it is priced from the
+    price data (``priced`` false when the model is unknown). ``prompt_tokens``
+    includes ``cached_tokens``."""
+
+    run_id: Key
+    step_index: Index = 0
+    provider: Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)] = ""
+    model: Key
+    prompt_tokens: Tokens = 0
+    completion_tokens: Tokens = 0
+    cached_tokens: Tokens = 0
+    dollars: Dollars | None = None
+    response_id: Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)] | None = None
+    created_at: When | None = None
+
+
+SpendBy = Annotated[str, StringConstraints(pattern=r"^(provider|model|day|name|metadata\.[A-Za-z0-9_-]+)$")]
+
+
+class SpendQuery(Wire):
+    by: SpendBy = "model"
+    since: When | None = Field(None, description="inclusive; RFC 3339 or YYYY-MM-DD")
+    until: When | None = Field(None, description="exclusive; RFC 3339 or YYYY-MM-DD")
+
+
+# --- facts, policies ---------------------------------------------------------------------------
+
+
+class FactPut(Wire):
+    """``PUT /v1/facts/{namespace}/{key}``."""
+
+    value: JsonValue
+
+
+class ApprovalRuleIn(Wire):
+    """A tool call needs approval if ``tool`` equals its tool or ``side_effect`` globs its effect."""
+
+    tool: Key | None = None
+    side_effect: Key | None = None
+
+
+class PolicyPut(BudgetFields):
+    """``PUT /v1/policies/{name}``: a full replacement of the bundle."""
+
+    tool_allowlist: list[Key] = Field(default_factory=list)
+    approval_rules: list[ApprovalRuleIn] = Field(default_factory=list)
+    default_safe: bool = False
+
+    def rules(self) -> list[ApprovalRule]:
+        return [ApprovalRule(**r.model_dump()) for r in self.approval_rules]
+
+
+# --- responses that are not records ----------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class Items(BaseModel, Generic[T]):
+    """Every list route answers ``{"items": [...]}``."""
+
+    items: list[T]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    database: Literal["sqlite", "postgresql"]
+    pending: int
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="not_found, conflict, validation_error, budget_exceeded, ...")
+    message: str
+    details: list[Any] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    """Every error: ``{"error": {"code", "message", "details"}}``."""
+
+    error: ErrorBody

@@ -1,0 +1,134 @@
+"""``tapgate run``: migrate, then serve Telegram polling, the socket API and expiry.
+
+Python-telegram-bot's ``run_polling`` would own the event loop and the
+signals; Tapgate drives the Application's lifecycle itself so the aiohttp
+socket server shares the loop, and stops everything in reverse order on
+SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError
+
+from bot.approvals import ApprovalManager
+from bot.config import Settings
+from bot.expiry import schedule_expiry, sweep
+from bot.telegram.app import ALLOWED_UPDATES, BOT_COMMANDS, POLL_TIMEOUT, build_application
+from storage.store import Store
+
+log = logging.getLogger("tapgate")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request URL at INFO, and the URL contains the bot token.
+    for noisy in ("httpx", "httpcore", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Service:
+    """Everything ``tapgate run`` serves, startable and stoppable inside one event loop."""
+
+    def __init__(self, settings: Settings, store: Store | None = None,
+                 with_socket: bool = True):
+        settings.require_for_run()
+        self.settings = settings
+        self.store = store or Store.from_url(settings.database_url)
+        self._own_store = store is None
+        self.manager = ApprovalManager(self.store, settings.approver_chat_ids,
+                                       settings.default_ttl)
+        self.app = build_application(settings, self.manager, self.store)
+        self.with_socket = with_socket
+        self.socket = None
+        self.governance = None
+
+    @property
+    def notifier(self):
+        return self.app.bot_data["tapgate"].notifier
+
+    async def start(self) -> None:
+        """Migrate, expire what passed while down, connect to Telegram, start serving."""
+        applied = await self.store.run(self.store.migrate)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        await sweep(self.manager)
+        await self._initialize_telegram()
+        with contextlib.suppress(TelegramError):
+            await self.app.bot.set_my_commands(BOT_COMMANDS)
+        schedule_expiry(self.app, self.manager, self.settings.expiry_interval)
+        await self.app.start()
+        # Pending updates are kept (taps made while the bot was down still count).
+        await self.app.updater.start_polling(
+            timeout=POLL_TIMEOUT, poll_interval=0.0, allowed_updates=ALLOWED_UPDATES,
+            drop_pending_updates=False, bootstrap_retries=-1)
+        await self.notifier.start()
+        await self._start_extras()
+        log.info("Tapgate is serving: %d approver chat(s), database %s",
+                 len(self.settings.approver_chat_ids), self.store.db.__class__.__name__)
+
+    async def _initialize_telegram(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.app.initialize()
+                return
+            except InvalidToken:
+                raise
+            except (NetworkError, RetryAfter) as exc:
+                log.warning("Telegram unreachable (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def _start_extras(self) -> None:
+        """The socket API and governance hooks (absent pieces are skipped)."""
+        if self.with_socket:
+            from bot.api.server import SocketServer
+
+            self.socket = SocketServer(self.settings.socket_path, self.settings.allowed_uids,
+                                       self.store, self.manager, **self._socket_kwargs())
+            await self.socket.start()
+
+    def _socket_kwargs(self) -> dict:
+        from bot.pricing import Pricer
+
+        return {"pricer": Pricer()}
+
+    async def stop(self) -> None:
+        """Stop in reverse order; unfinished Telegram edits stay owed for the next start."""
+        if self.socket is not None:
+            await self.socket.stop()
+        await self.notifier.stop()
+        if self.app.updater.running:
+            await self.app.updater.stop()
+        if self.app.running:
+            await self.app.stop()
+        await self.app.shutdown()
+        if self._own_store:
+            self.store.close()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    service = Service(settings)
+    try:
+        await service.start()
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await service.stop()
+
+
+def run_service(settings: Settings) -> int:
+    """Entry point of ``tapgate run``; returns the exit code."""
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))
+    return 0

@@ -1,0 +1,58 @@
+"""Wiring python-telegram-bot: the Application, its handlers, its rate limiter."""
+
+from __future__ import annotations
+
+from telegram import BotCommand, Update
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    CommandHandler,
+)
+from telegram.request import HTTPXRequest
+
+from bot.approvals import ApprovalManager
+from bot.config import Settings
+from bot.telegram import handlers, render
+from bot.telegram.notifier import TelegramNotifier
+from storage.store import Store
+
+ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
+POLL_TIMEOUT = 10
+
+
+def build_application(settings: Settings, manager: ApprovalManager, store: Store,
+                      max_retries: int = 5) -> Application:
+    """The Application with every handler, pointed at ``TAPGATE_TELEGRAM_API_URL``."""
+    api = settings.telegram_api_url
+    app = (
+        ApplicationBuilder()
+        .token(settings.telegram_token.get_secret_value())
+        .base_url(f"{api}/bot")
+        .base_file_url(f"{api}/file/bot")
+        .rate_limiter(AIORateLimiter(max_retries=max_retries))
+        .request(HTTPXRequest(connection_pool_size=32, connect_timeout=10, read_timeout=20,
+                              write_timeout=20, pool_timeout=10))
+        .get_updates_request(HTTPXRequest(connect_timeout=10, read_timeout=POLL_TIMEOUT + 10))
+        .build()
+    )
+    notifier = TelegramNotifier(app.bot, store, settings.approver_chat_ids)
+    manager.subscribe(notifier.on_approval)
+    app.bot_data["tapgate"] = handlers.FrontEnd(
+        manager=manager, store=store, notifier=notifier,
+        approver_ids=set(settings.approver_user_ids))
+    app.add_handler(CallbackQueryHandler(handlers.on_callback))
+    app.add_handler(CommandHandler(["start", "help"], handlers.on_help))
+    app.add_handler(CommandHandler("pending", handlers.on_pending))
+    app.add_handler(CommandHandler("approve", handlers.on_approve))
+    app.add_handler(CommandHandler("deny", handlers.on_deny))
+    app.add_error_handler(handlers.on_error)
+    return app
+
+
+def front_end(app: Application) -> handlers.FrontEnd:
+    return app.bot_data["tapgate"]
+
+
+BOT_COMMANDS = [BotCommand(name, text) for name, text in render.COMMANDS]
