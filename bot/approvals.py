@@ -13,7 +13,6 @@ them too, only later.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -139,8 +138,9 @@ class ApprovalManager:
                     return approval
                 until_expiry = (approval.expires_at - now).total_seconds()
                 slice_ = min(remaining, self.poll_interval, until_expiry + 0.001)
-                with contextlib.suppress(TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(future), slice_)
+                done, _ = await asyncio.wait((future,), timeout=slice_)
+                if done:
+                    return future.result()
         finally:
             waiters = self._waiters.get(approval_id)
             if waiters is not None:

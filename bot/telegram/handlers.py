@@ -9,6 +9,7 @@ decision, which is already committed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -84,6 +85,7 @@ async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         log.exception("could not decide on %r", query.data)
         await _answer(query, "⚠️ Something went wrong; please try again.")
         return
+    await asyncio.sleep(0)  # let the woken agents' waits return before we build the answer
     await _answer(query, render.decided_answer(approval))
 
 

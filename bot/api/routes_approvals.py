@@ -1,0 +1,95 @@
+"""``/v1/approvals``: submit, read (with long-poll), list, cancel — thin over the ApprovalManager."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from bot.api.routes_base import (
+    Invalid,
+    ItemsOf,
+    PayloadTooLarge,
+    Route,
+    api,
+    body,
+    finish,
+    path,
+    query,
+    respond,
+)
+from bot.api.schemas import (
+    MAX_PAYLOAD,
+    ApprovalCancel,
+    ApprovalCreate,
+    ApprovalQuery,
+    Items,
+    WaitQuery,
+    json_size,
+)
+from storage.records import Approval
+
+APPROVALS = ItemsOf(Approval)
+
+
+async def create_approval(request: web.Request) -> web.Response:
+    """Submit a request: 201 when created, 200 with the existing one for a repeated key."""
+    spec: ApprovalCreate = await body(request, ApprovalCreate)
+    if spec.payload is not None:
+        try:
+            size = json_size(spec.payload)
+        except ValueError:
+            raise Invalid("invalid body.payload: NaN and Infinity are not JSON", [
+                {"loc": ["body", "payload"], "msg": "NaN and Infinity are not JSON",
+                 "type": "finite_number"}]) from None
+        if size > MAX_PAYLOAD:
+            raise PayloadTooLarge(
+                f"payload is {size:,} bytes as JSON; at most {MAX_PAYLOAD:,} are accepted "
+                "(413, not 422: the request is well-formed but too large)")
+    manager = api(request).manager
+    approval, created = await finish(manager.submit(
+        agent=spec.agent, kind=spec.kind, summary=spec.summary, payload=spec.payload,
+        ttl_seconds=spec.ttl_seconds, run_id=spec.run_id,
+        idempotency_key=spec.idempotency_key))
+    return respond(approval, 201 if created else 200)
+
+
+async def get_approval(request: web.Request) -> web.Response:
+    """The request; with ``?wait=`` held until it is final or the wait ends."""
+    approval_id = path(request, "id")
+    wait = query(request, WaitQuery).wait
+    ctx = api(request)
+    if wait is None:
+        return respond(await ctx.manager.get(approval_id))
+    return respond(await ctx.long_poll(approval_id, wait))
+
+
+async def list_approvals(request: web.Request) -> web.Response:
+    q: ApprovalQuery = query(request, ApprovalQuery)
+    store = api(request).store
+    return APPROVALS.respond(await store.run(store.list_approvals, q.status, q.limit))
+
+
+async def cancel_approval(request: web.Request) -> web.Response:
+    approval_id = path(request, "id")
+    spec: ApprovalCancel = await body(request, ApprovalCancel, optional=True)
+    manager = api(request).manager
+    return respond(await finish(manager.cancel(approval_id, "api", spec.reason)))
+
+
+ROUTES = [
+    Route("POST", "/v1/approvals", create_approval, "Submit an approval request", "approvals",
+          status=201, response=Approval, body=ApprovalCreate, errors=(404, 409, 413),
+          description="201 with the new request; 200 with the existing one when the same "
+                      "idempotency_key comes with the same request; 409 when it comes with a "
+                      "different one. 404 if run_id names no run. A payload over 64 KiB "
+                      "(compact JSON) is refused with 413."),
+    Route("GET", "/v1/approvals", list_approvals, "List approval requests, newest first",
+          "approvals", response=Items[Approval], query=ApprovalQuery),
+    Route("GET", "/v1/approvals/{id}", get_approval, "Read an approval request (long-poll)",
+          "approvals", response=Approval, query=WaitQuery, errors=(404,),
+          description="With wait=SECONDS (0..300) the answer is held until the request is "
+                      "final or the wait ends, and returns the moment a decision commits."),
+    Route("POST", "/v1/approvals/{id}/cancel", cancel_approval, "Withdraw a pending request",
+          "approvals", response=Approval, body=ApprovalCancel, body_required=False,
+          errors=(404, 409),
+          description="409 if the request is already final (details carry its state)."),
+]
