@@ -19,7 +19,9 @@ from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError
 from bot.approvals import ApprovalManager
 from bot.config import Settings
 from bot.expiry import schedule_expiry, sweep
+from bot.governance import Governance
 from bot.telegram.app import ALLOWED_UPDATES, BOT_COMMANDS, POLL_TIMEOUT, build_application
+from storage.records import Budgets
 from storage.store import Store
 
 log = logging.getLogger("tapgate")
@@ -43,10 +45,14 @@ class Service:
         self._own_store = store is None
         self.manager = ApprovalManager(self.store, settings.approver_chat_ids,
                                        settings.default_ttl)
+        self.governance = Governance(self.store, self.manager, Budgets(
+            budget_tokens=settings.default_budget_tokens,
+            budget_dollars=settings.default_budget_dollars,
+            budget_loops=settings.default_budget_loops,
+            budget_seconds=settings.default_budget_seconds))
         self.app = build_application(settings, self.manager, self.store)
         self.with_socket = with_socket
         self.socket = None
-        self.governance = None
 
     @property
     def notifier(self):
@@ -61,6 +67,7 @@ class Service:
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         await sweep(self.manager)
+        await self.governance.recover()
         await self._initialize_telegram()
         with contextlib.suppress(TelegramError):
             await self.app.bot.set_my_commands(BOT_COMMANDS)
@@ -106,6 +113,7 @@ class Service:
         """Stop in reverse order; unfinished Telegram edits stay owed for the next start."""
         if self.socket is not None:
             await self.socket.stop()
+        await self.governance.drain()
         await self.notifier.stop()
         if self.app.updater.running:
             await self.app.updater.stop()

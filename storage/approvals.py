@@ -14,7 +14,10 @@ import re
 import secrets
 from datetime import datetime, timedelta
 
-from storage.base import StoreBase, translated_errors, unit_of_work
+import peewee
+
+from storage.base import StoreBase, columns, decoder, translated_errors, unit_of_work
+from storage.clock import from_text, to_text
 from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotFound
 from storage.models import ApprovalMessageRow, ApprovalRow
 from storage.records import Approval, MessageRef, NewApproval
@@ -72,8 +75,27 @@ def _message_record(row: ApprovalMessageRow) -> MessageRef:
     )
 
 
+_decode_approval = decoder(ApprovalRow)
+_INSERT_COLUMNS = ("id", "agent", "kind", "summary", "payload", "status", "run_id",
+                   "tool_call_id", "idempotency_key", "fingerprint", "callback_data", "adapter",
+                   "created_at", "expires_at")
+
+
 class ApprovalStore(StoreBase):
     """Approval operations of the Store."""
+
+    def _insert_approval_sql(self) -> str:
+        names = ", ".join(f'"{c}"' for c in _INSERT_COLUMNS)
+        marks = ", ".join([self.db.param] * len(_INSERT_COLUMNS))
+        return f'INSERT INTO "approval" ({names}) VALUES ({marks})'
+
+    def _insert_message_sql(self) -> str:
+        p = self.db.param
+        return (f'INSERT INTO "approval_message" ("approval_id", "chat_id", "updated_at") '
+                f"VALUES ({p}, {p}, {p})")
+
+    def _approval_by_id_sql(self) -> str:
+        return f'SELECT {columns(ApprovalRow)} FROM "approval" WHERE "id" = {self.db.param}'
 
     @unit_of_work
     def create_approval(self, new: NewApproval, now: datetime | None = None
@@ -84,31 +106,30 @@ class ApprovalStore(StoreBase):
         used for the same request, returns the existing one and ``False``;
         used for a different request, raises :class:`Conflict`.
         """
-        now = now or self.clock()
+        now = from_text(to_text(now or self.clock()))  # as stored: UTC, microseconds
         fingerprint = _fingerprint(new)
         approval_id = new_approval_id()
+        expires_at = from_text(to_text(now + timedelta(seconds=new.ttl_seconds)))
+        payload = ApprovalRow.payload.db_value(new.payload)
         try:
             with translated_errors(), self.write():
-                row = ApprovalRow.create(
-                    id=approval_id,
-                    agent=new.agent,
-                    kind=new.kind,
-                    summary=new.summary,
-                    payload=new.payload,
-                    status="pending",
-                    run=new.run_id,
-                    tool_call=new.tool_call_id,
-                    idempotency_key=new.idempotency_key,
-                    fingerprint=fingerprint,
-                    callback_data=f"appr:{approval_id}",
-                    created_at=now,
-                    expires_at=now + timedelta(seconds=new.ttl_seconds),
-                )
+                # Hand-written SQL (rendered once): this is the submit hot path.
+                self.db.execute_sql(
+                    self.statement("approval.insert", self._insert_approval_sql),
+                    (approval_id, new.agent, new.kind, new.summary, payload, "pending",
+                     new.run_id, new.tool_call_id, new.idempotency_key, fingerprint,
+                     f"appr:{approval_id}", "telegram", to_text(now), to_text(expires_at)))
                 if new.chat_ids:
-                    ApprovalMessageRow.insert_many(
-                        [{"approval": approval_id, "chat_id": chat, "updated_at": now}
-                         for chat in dict.fromkeys(new.chat_ids)]
-                    ).execute()
+                    sql = self.statement("approval_message.insert", self._insert_message_sql)
+                    with peewee.__exception_wrapper__:
+                        self.db.cursor().executemany(sql, [
+                            (approval_id, chat, to_text(now))
+                            for chat in dict.fromkeys(new.chat_ids)])
+            approval = Approval(
+                id=approval_id, agent=new.agent, kind=new.kind, summary=new.summary,
+                payload=ApprovalRow.payload.python_value(payload), status="pending",
+                run_id=new.run_id, tool_call_id=new.tool_call_id, created_at=now,
+                expires_at=expires_at)
         except Conflict:
             if new.idempotency_key is None:
                 raise
@@ -121,14 +142,15 @@ class ApprovalStore(StoreBase):
                     f"({existing.id})"
                 ) from None
             return approval_record(existing), False
-        return approval_record(row), True
+        return approval, True
 
     @unit_of_work
     def get_approval(self, approval_id: str) -> Approval:
-        row = ApprovalRow.get_or_none(ApprovalRow.id == approval_id)
+        row = self.db.execute_sql(self.statement("approval.by_id", self._approval_by_id_sql),
+                                  (approval_id,)).fetchone()
         if row is None:
             raise NotFound(f"approval {approval_id} not found")
-        return approval_record(row)
+        return approval_record(_decode_approval(row))
 
     def get_approval_by_callback(self, data: str) -> tuple[Approval, str]:
         """The approval a button's data names, and the status the button asks for."""

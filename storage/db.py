@@ -8,10 +8,12 @@ shared peewee code.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from urllib.parse import urlparse
 
 from peewee import Database, PostgresqlDatabase, SqliteDatabase
-from playhouse.db_url import connect
+from playhouse.db_url import connect, parse
 
 from storage.errors import InvalidArgument
 
@@ -26,6 +28,28 @@ SQLITE_PRAGMAS = {
 }
 
 
+class WalSqliteDatabase(SqliteDatabase):
+    """SQLite whose connection setup survives other connections opening a new file at once.
+
+    Switching a new file to WAL needs an exclusive lock, and SQLite answers
+    "database is locked" at once, without the busy timeout, when another
+    connection holds a lock meanwhile (two processes starting on a fresh
+    database). The pragmas are idempotent, so they are retried until the timeout.
+    """
+
+    def _set_pragmas(self, conn):
+        deadline = time.monotonic() + self._timeout
+        delay = 0.005
+        while True:
+            try:
+                return super()._set_pragmas(conn)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+
 def open_database(url: str) -> Database:
     """Open (lazily; peewee connects on first use per thread) the database at ``url``."""
     scheme = urlparse(url).scheme
@@ -34,7 +58,9 @@ def open_database(url: str) -> Database:
             raise InvalidArgument(
                 "an in-memory SQLite database cannot be shared between threads; use a file"
             )
-        return connect(url, pragmas=SQLITE_PRAGMAS, returning_clause=True, timeout=5)
+        kwargs = parse(url)
+        kwargs.update(pragmas=SQLITE_PRAGMAS, returning_clause=True, timeout=5)
+        return WalSqliteDatabase(**kwargs)
     if scheme in ("postgresql", "postgres"):
         return connect(url)
     raise InvalidArgument(

@@ -11,10 +11,20 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import peewee
 from peewee import SQL, fn
 
-from storage.base import unit_of_work
-from storage.clock import as_utc, day_of, next_day, previous_day, start_of_day, to_text
+from storage.base import columns, unit_of_work
+from storage.clock import (
+    as_utc,
+    day_of,
+    from_text,
+    next_day,
+    previous_day,
+    start_of_day,
+    to_text,
+)
+from storage.db import is_sqlite
 from storage.errors import BudgetExceeded, InvalidArgument
 from storage.models import LedgerDailyRow, LedgerRow, RunRow
 from storage.records import (
@@ -28,11 +38,14 @@ from storage.records import (
     from_nano,
     to_nano,
 )
-from storage.runs import Guard, RunStore, run_record
+from storage.runs import Guard, RunStore, decode_run, run_record
 
 BASIC_DIMENSIONS = ("provider", "model", "day", "name")
 NONE_KEY = "(none)"
 INSERT_CHUNK = 500
+LEDGER_COLUMNS = ('"run_id"', '"step_index"', '"provider"', '"model"', '"prompt_tokens"',
+                  '"completion_tokens"', '"cached_tokens"', '"dollars_nano"', '"priced"',
+                  '"price_version"', '"response_id"', '"created_at"')
 
 
 @dataclass
@@ -128,18 +141,18 @@ class LedgerStore(RunStore):
         rows = []
         daily: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
         usage: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        texts: dict[datetime, str] = {}
         for e in entries:
-            at = as_utc(e.created_at) if e.created_at else now
+            at = e.created_at or now
+            text = texts.get(at)
+            if text is None:
+                text = texts[at] = to_text(at)
             priced = e.priced and e.dollars is not None
             nano = to_nano(e.dollars) if e.dollars is not None else 0
-            rows.append({
-                "run": e.run_id, "step_index": e.step_index, "provider": e.provider,
-                "model": e.model, "prompt_tokens": e.prompt_tokens,
-                "completion_tokens": e.completion_tokens, "cached_tokens": e.cached_tokens,
-                "dollars_nano": nano, "priced": priced, "price_version": e.price_version,
-                "response_id": e.response_id, "created_at": to_text(at),
-            })
-            sums = daily[(day_of(at), e.run_id, e.provider, e.model)]
+            rows.append((e.run_id, e.step_index, e.provider, e.model, e.prompt_tokens,
+                         e.completion_tokens, e.cached_tokens, nano, priced, e.price_version,
+                         e.response_id, text))
+            sums = daily[(text[:10], e.run_id, e.provider, e.model)]
             sums[0] += 1
             sums[1] += e.prompt_tokens
             sums[2] += e.completion_tokens
@@ -150,49 +163,75 @@ class LedgerStore(RunStore):
             run_usage[0] += e.prompt_tokens
             run_usage[1] += e.completion_tokens
             run_usage[2] += nano
+        # Hand-written SQL (rendered once per Store): lists of thousands of rows must
+        # take milliseconds, and peewee's query building alone would take far longer.
         with self.write():
-            # Lock the runs in one global order: lists naming the same runs in different
-            # orders would otherwise deadlock on PostgreSQL's row locks.
-            for run_id in sorted(usage):
+            for run_id in usage:
                 row = self._locked_run(run_id)
                 if row.status == "halted":
                     raise BudgetExceeded(run_record(row))
-            for i in range(0, len(rows), INSERT_CHUNK):
-                inserted = (LedgerRow.insert_many(rows[i:i + INSERT_CHUNK])
-                            .returning(LedgerRow).execute())
-                result.entries.extend(ledger_record(r) for r in inserted)
+            ids = self._insert_ledger_rows(rows)
+            upsert = self.statement("ledger_daily.upsert", self._daily_upsert_sql)
             for (day, run_id, provider, model), s in daily.items():
-                (LedgerDailyRow.insert(day=day, run=run_id, provider=provider, model=model,
-                                       calls=s[0], prompt_tokens=s[1], completion_tokens=s[2],
-                                       cached_tokens=s[3], dollars_nano=s[4],
-                                       unpriced_calls=s[5])
-                 .on_conflict(
-                     conflict_target=[LedgerDailyRow.day, LedgerDailyRow.run,
-                                      LedgerDailyRow.provider, LedgerDailyRow.model],
-                     update={
-                         LedgerDailyRow.calls: LedgerDailyRow.calls + s[0],
-                         LedgerDailyRow.prompt_tokens: LedgerDailyRow.prompt_tokens + s[1],
-                         LedgerDailyRow.completion_tokens:
-                             LedgerDailyRow.completion_tokens + s[2],
-                         LedgerDailyRow.cached_tokens: LedgerDailyRow.cached_tokens + s[3],
-                         LedgerDailyRow.dollars_nano: LedgerDailyRow.dollars_nano + s[4],
-                         LedgerDailyRow.unpriced_calls: LedgerDailyRow.unpriced_calls + s[5],
-                     })
-                 .execute())
+                self.db.execute_sql(upsert, (day, run_id, provider, model, *s))
+            add_usage = self.statement("run.add_usage", self._add_usage_sql)
             for run_id, (prompt, completion, nano) in usage.items():
-                updated = list(RunRow.update(
-                    usage_prompt_tokens=RunRow.usage_prompt_tokens + prompt,
-                    usage_completion_tokens=RunRow.usage_completion_tokens + completion,
-                    usage_dollars_nano=RunRow.usage_dollars_nano + nano,
-                    updated_at=now,
-                ).where(RunRow.id == run_id).returning(RunRow).execute())
-                run = run_record(updated[0])
+                updated = self.db.execute_sql(
+                    add_usage, (prompt, completion, nano, to_text(now), run_id)).fetchall()
+                run = run_record(decode_run(updated[0]))
                 reason = after_usage(run, now) if after_usage else None
                 if reason:
                     run = self._halt(run_id, reason, now)
                     result.halted.append(run)
                 result.runs[run_id] = run
+        construct = LedgerEntry.model_construct
+        times = {text: from_text(text) for text in texts.values()}
+        result.entries = [
+            construct(id=i, run_id=r[0], step_index=r[1], provider=r[2], model=r[3],
+                      prompt_tokens=r[4], completion_tokens=r[5], cached_tokens=r[6],
+                      dollars=from_nano(r[7]), priced=r[8], price_version=r[9],
+                      response_id=r[10], created_at=times[r[11]])
+            for i, r in zip(ids, rows, strict=True)]
         return result
+
+    def _insert_ledger_rows(self, rows: list[tuple]) -> list[int]:
+        """Insert ledger rows (in :data:`LEDGER_COLUMNS` order); their ids, in order."""
+        marks = "(" + ", ".join([self.db.param] * len(LEDGER_COLUMNS)) + ")"
+        head = f'INSERT INTO "ledger_entry" ({", ".join(LEDGER_COLUMNS)}) VALUES '
+        if is_sqlite(self.db):
+            # One prepared statement for every row. Under the write lock nobody else
+            # inserts, so the rowids are the consecutive ones ending at the last.
+            with peewee.__exception_wrapper__:
+                cursor = self.db.cursor()
+                cursor.executemany(self.statement("ledger.insert", lambda: head + marks), rows)
+                last = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
+            return list(range(last - len(rows) + 1, last + 1))
+        ids: list[int] = []
+        for i in range(0, len(rows), INSERT_CHUNK):
+            chunk = rows[i:i + INSERT_CHUNK]
+            sql = head + ", ".join([marks] * len(chunk)) + ' RETURNING "id"'
+            returned = self.db.execute_sql(sql, [v for row in chunk for v in row]).fetchall()
+            # Ids are drawn in VALUES order; RETURNING's order is not promised.
+            ids.extend(sorted(r[0] for r in returned))
+        return ids
+
+    def _daily_upsert_sql(self) -> str:
+        sums = ("calls", "prompt_tokens", "completion_tokens", "cached_tokens", "dollars_nano",
+                "unpriced_calls")
+        keys = ("day", "run_id", "provider", "model")
+        marks = ", ".join([self.db.param] * (len(keys) + len(sums)))
+        update = ", ".join(f'"{c}" = "ledger_daily"."{c}" + EXCLUDED."{c}"' for c in sums)
+        names = ", ".join(f'"{c}"' for c in keys + sums)
+        target = ", ".join(f'"{c}"' for c in keys)
+        return (f'INSERT INTO "ledger_daily" ({names}) VALUES ({marks}) '
+                f"ON CONFLICT ({target}) DO UPDATE SET {update}")
+
+    def _add_usage_sql(self) -> str:
+        p = self.db.param
+        return ('UPDATE "run" SET "usage_prompt_tokens" = "usage_prompt_tokens" + '
+                f'{p}, "usage_completion_tokens" = "usage_completion_tokens" + {p}, '
+                f'"usage_dollars_nano" = "usage_dollars_nano" + {p}, "updated_at" = {p} '
+                f'WHERE "id" = {p} RETURNING {columns(RunRow)}')
 
     @unit_of_work
     def ledger_for_run(self, run_id: str) -> list[LedgerEntry]:

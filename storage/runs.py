@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from storage.base import StoreBase, unit_of_work
+from storage.base import StoreBase, columns, decoder, unit_of_work
 from storage.db import is_postgres
 from storage.errors import BudgetExceeded, NotFound, RunNotRunning
 from storage.models import (
@@ -37,6 +37,7 @@ from storage.records import (
 )
 
 Guard = Callable[[Run, datetime], str | None]
+decode_run = decoder(RunRow)
 
 
 def run_record(row: RunRow) -> Run:
@@ -109,14 +110,20 @@ class RunStore(StoreBase):
     # --- helpers used inside transactions ---------------------------------------
 
     def _locked_run(self, run_id: str) -> RunRow:
-        """The run row, locked for this transaction (SQLite's IMMEDIATE lock covers it)."""
-        query = RunRow.select().where(RunRow.id == run_id)
-        if is_postgres(self.db):
-            query = query.for_update()
-        row = query.first()
+        """The run row, locked for this transaction (SQLite's IMMEDIATE lock covers it).
+
+        Read with hand-written SQL (every step, tool call and ledger append starts
+        here); the result reads like a peewee row.
+        """
+        row = self.db.execute_sql(self.statement("run.locked", self._locked_run_sql),
+                                  (run_id,)).fetchone()
         if row is None:
             raise NotFound(f"run {run_id} not found")
-        return row
+        return decode_run(row)
+
+    def _locked_run_sql(self) -> str:
+        sql = f'SELECT {columns(RunRow)} FROM "run" WHERE "id" = {self.db.param}'
+        return sql + " FOR UPDATE" if is_postgres(self.db) else sql
 
     def _halt(self, run_id: str, reason: str, now: datetime) -> Run:
         rows = list(RunRow.update(status="halted", halt_reason=reason, updated_at=now)
@@ -201,19 +208,44 @@ class RunStore(StoreBase):
         return run, [approval_record(r) for r in cancelled]
 
     @unit_of_work
-    def resume_run(self, run_id: str, budgets: Budgets, now: datetime | None = None) -> Run:
-        """Set new budgets on a halted run and make it running again (a budget grant).
+    def apply_grant(self, run_id: str, grant_key: str, budgets: Budgets,
+                    now: datetime | None = None) -> Run | None:
+        """Set new budgets and make the run running again, once per ``grant_key``.
 
-        A run halted because it was cancelled is not resumed.
+        Returns the run, or None when this grant was already applied (so a
+        grant approved once is applied once, even if announced twice). The
+        run's alerts are re-armed for the new budgets. A cancelled run is not
+        resumed (:class:`RunNotRunning`).
+        """
+        now = now or self.clock()
+        with self.write():
+            row = self._locked_run(run_id)
+            alerted = list(row.alerted or [])
+            if grant_key in alerted:
+                return None
+            if row.status == "halted" and row.halt_reason == "cancelled":
+                raise RunNotRunning(f"run {run_id} was cancelled")
+            kept = [k for k in alerted if k.startswith("grant:")] + [grant_key]
+            return self._resume(run_id, budgets, kept, now)
+
+    @unit_of_work
+    def resume_run(self, run_id: str, budgets: Budgets, now: datetime | None = None) -> Run:
+        """Set new budgets on a run and make it running again; alerts are re-armed.
+
+        A run halted because it was cancelled is not resumed (:class:`RunNotRunning`).
         """
         now = now or self.clock()
         with self.write():
             row = self._locked_run(run_id)
             if row.status == "halted" and row.halt_reason == "cancelled":
                 raise RunNotRunning(f"run {run_id} was cancelled")
-            rows = list(RunRow.update(status="running", halt_reason=None, updated_at=now,
-                                      alerted=[], **budgets.model_dump())
-                        .where(RunRow.id == run_id).returning(RunRow).execute())
+            kept = [k for k in (row.alerted or []) if k.startswith("grant:")]
+            return self._resume(run_id, budgets, kept, now)
+
+    def _resume(self, run_id: str, budgets: Budgets, alerted: list[str], now: datetime) -> Run:
+        rows = list(RunRow.update(status="running", halt_reason=None, updated_at=now,
+                                  alerted=alerted, **budgets.model_dump())
+                    .where(RunRow.id == run_id).returning(RunRow).execute())
         return run_record(rows[0])
 
     @unit_of_work

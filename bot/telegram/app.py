@@ -47,6 +47,7 @@ def build_application(settings: Settings, manager: ApprovalManager, store: Store
     app.add_handler(CommandHandler("pending", handlers.on_pending))
     app.add_handler(CommandHandler("approve", handlers.on_approve))
     app.add_handler(CommandHandler("deny", handlers.on_deny))
+    app.add_handler(CommandHandler("spend", handlers.on_spend))
     app.add_error_handler(handlers.on_error)
     return app
 

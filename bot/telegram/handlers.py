@@ -20,7 +20,10 @@ from telegram.ext import ContextTypes
 
 from bot.approvals import ApprovalManager
 from bot.telegram import render
+from bot.telegram.chart import daily_spend_png
 from bot.telegram.notifier import TelegramNotifier
+from bot.window import describe as window_label
+from bot.window import parse_instant
 from storage.approvals import parse_callback_data
 from storage.errors import AlreadyFinal, InvalidArgument, NotFound
 from storage.store import Store
@@ -171,6 +174,45 @@ async def on_approve(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
 async def on_deny(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/deny <id> [reason]."""
     await _decide(update, context, "denied")
+
+
+SPEND_DIMENSIONS = ("provider", "model", "day", "name")
+
+
+def parse_spend_args(args: list[str], now) -> tuple[str, Any, Any]:
+    """``/spend [by] [since] [until]`` → (by, since, until); InvalidArgument if not."""
+    by = "model"
+    rest = list(args)
+    if rest and (rest[0] in SPEND_DIMENSIONS or rest[0].startswith("metadata.")):
+        by = rest.pop(0)
+    if len(rest) > 2:
+        raise InvalidArgument("too many arguments")
+    since = parse_instant(rest[0], now) if rest else None
+    until = parse_instant(rest[1], now) if len(rest) > 1 else None
+    return by, since, until
+
+
+async def on_spend(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/spend [by] [since] [until]: a table of what the agents cost (+ a chart by day)."""
+    if not await _allowed(update, context):
+        return
+    store = front(context).store
+    try:
+        by, since, until = parse_spend_args(context.args or [], store.clock())
+        summary = await store.run(store.summarize_ledger, by, since, until)
+    except InvalidArgument as exc:
+        await _reply(update, f"⚠️ {render.esc(exc)}\nUsage: /spend [by] [since] [until] — by: "
+                             "model, provider, day, name or metadata.KEY; since/until: today, "
+                             "7d, 30d, YYYY-MM-DD or RFC 3339")
+        return
+    label = window_label(since, until)
+    await _reply(update, render.spend_table(summary, label))
+    if by == "day" and summary.groups:
+        png = await asyncio.get_running_loop().run_in_executor(
+            None, daily_spend_png, summary, f"Daily spend, {label}")
+        await update.effective_message.reply_photo(
+            png, caption=f"Daily spend · {render.esc(label)} · total "
+                         f"${summary.total.dollars:,.2f}", parse_mode=render.PARSE_MODE)
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

@@ -72,10 +72,17 @@ def callback_data(approval_id: str, action: str) -> str:
     return f"appr:{approval_id}:{action}"
 
 
+GRANT_KIND = "budget.grant"
+
+
 def request_keyboard(approval: Approval) -> InlineKeyboardMarkup:
+    """Approve / Deny; a budget alert's Approve grants more budget."""
+    yes, no = ("✅ Approve", "❌ Deny")
+    if approval.kind == GRANT_KIND:
+        yes, no = ("➕ Grant +50% budget", "✋ Keep as is")
     return InlineKeyboardMarkup([[
-        InlineKeyboardButton("✅ Approve", callback_data=callback_data(approval.id, "approve")),
-        InlineKeyboardButton("❌ Deny", callback_data=callback_data(approval.id, "deny")),
+        InlineKeyboardButton(yes, callback_data=callback_data(approval.id, "approve")),
+        InlineKeyboardButton(no, callback_data=callback_data(approval.id, "deny")),
     ]])
 
 
@@ -104,7 +111,8 @@ def request_text(approval: Approval) -> str:
     The payload preview is cut (with a note saying how much is shown) so the
     visible text fits in 4096 characters; the full payload stays stored.
     """
-    head = [f"🔐 <b>Approval request</b> · <code>{esc(approval.kind)}</code>",
+    title = "💸 Budget alert" if approval.kind == GRANT_KIND else "🔐 Approval request"
+    head = [f"{title} · <code>{esc(approval.kind)}</code>",
             f"<b>{esc(approval.summary)}</b>",
             f"Agent: {esc(approval.agent)}"]
     if approval.run_id:
