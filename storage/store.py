@@ -15,11 +15,12 @@ from storage import migrate as migrations
 from storage.approvals import ApprovalStore
 from storage.clock import utcnow
 from storage.db import open_database
+from storage.export import ExportStore
 from storage.facts import FactStore
 from storage.ledger import LedgerStore
 
 
-class Store(ApprovalStore, LedgerStore, FactStore):
+class Store(ApprovalStore, LedgerStore, FactStore, ExportStore):
     """Approvals, runs, steps, ledger, tool calls, checkpoints, facts and policies.
 
     Every method is one transaction and safe to call from many threads at

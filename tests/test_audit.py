@@ -1,0 +1,117 @@
+"""Audit export (JSON Lines and CSV, streamed) and policy files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from bot.audit import CSV_COLUMNS, export
+from bot.policyfile import load_policies
+from storage.errors import InvalidArgument, NotFound
+from storage.records import (
+    NewApproval,
+    NewLedgerEntry,
+    NewToolCall,
+    RunUpsert,
+)
+
+
+@pytest.fixture
+def filled(store):
+    store.upsert_run(RunUpsert(id="r1", name="one"))
+    store.upsert_run(RunUpsert(id="r2", name="two"))
+    call = store.append_tool_call(NewToolCall(run_id="r1", tool="rm", side_effect="fs.delete",
+                                              arguments={"path": "/tmp/x"}))
+    a, _ = store.create_approval(NewApproval(agent="a", kind="tool_call", summary="rm",
+                                             payload={"p": 1}, ttl_seconds=60, run_id="r1",
+                                             tool_call_id=call.id))
+    store.resolve_approval(a.id, "denied", "telegram:1 (@alice)", "too risky")
+    store.create_approval(NewApproval(agent="b", kind="shell", summary="ls", ttl_seconds=60))
+    store.append_ledger([NewLedgerEntry(run_id=r, model="gpt-4o", provider="openai",
+                                        prompt_tokens=i, dollars=0.001 * i)
+                         for i in range(1, 6) for r in ("r1", "r2")])
+    return store
+
+
+def test_jsonl_has_every_record_with_one_naming_scheme(filled):
+    out = io.StringIO()
+    count = export(filled, out)
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert count == len(rows) == 2 + 1 + 10
+    kinds = [r["type"] for r in rows]
+    assert kinds == ["approval"] * 2 + ["tool_call"] + ["ledger"] * 10
+    denied = next(r for r in rows if r["type"] == "approval" and r["status"] == "denied")
+    assert denied["decided_by"] == "telegram:1 (@alice)" and denied["reason"] == "too risky"
+    assert denied["decided_at"].endswith("Z")
+    for row in rows:
+        assert all(key == key.lower() and " " not in key for key in row)  # snake_case only
+
+
+def test_export_one_run_and_unknown_run(filled):
+    out = io.StringIO()
+    assert export(filled, out, run_id="r2") == 5
+    with pytest.raises(NotFound):
+        export(filled, io.StringIO(), run_id="nope")
+
+
+def test_csv(filled):
+    out = io.StringIO()
+    export(filled, out, fmt="csv")
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert list(rows[0]) == CSV_COLUMNS
+    call = next(r for r in rows if r["type"] == "tool_call")
+    assert json.loads(call["arguments"]) == {"path": "/tmp/x"}
+    assert sum(1 for r in rows if r["type"] == "ledger") == 10
+
+
+def test_streams_in_pages(filled):
+    seen = [a.id for a in filled.iter_approvals(page=1)]
+    assert len(seen) == len(set(seen)) == 2
+    assert len(list(filled.iter_ledger(batch=3))) == 10
+
+
+POLICY_YAML = """
+careful:
+  budget_dollars: 5
+  tool_allowlist: [ls, rm]
+  approval_rules:
+    - tool: deploy
+    - side_effect: "fs.delete*"
+  default_safe: true
+relaxed: {}
+"""
+
+
+def test_policy_file_yaml_and_toml(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY_YAML)
+    policies = {p.name: p for p in load_policies(path)}
+    assert policies["careful"].budget_dollars == 5
+    assert policies["careful"].approval_rules[1].side_effect == "fs.delete*"
+    assert policies["relaxed"].tool_allowlist == []
+    toml = tmp_path / "p.toml"
+    toml.write_text('[[policies]]\nname = "t"\nbudget_tokens = 100\n'
+                    '[[policies.approval_rules]]\ntool = "x"\n')
+    (only,) = load_policies(toml)
+    assert only.name == "t" and only.budget_tokens == 100 and only.approval_rules[0].tool == "x"
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("careful:\n  budget_dollars: lots\n", "bundle 'careful': field budget_dollars"),
+    ("careful:\n  budget_tokens: -1\n", "bundle 'careful': field budget_tokens"),
+    ("careful:\n  colour: red\n", "bundle 'careful': field colour: unknown field"),
+    ("careful:\n  approval_rules: [{tol: x}]\n", "field approval_rules.0.tol"),
+    ("careful: [1, 2]\n", "bundle 'careful': must be a mapping"),
+    ("a: [\n", "not valid YAML"),
+    ("", "no policy bundles"),
+])
+def test_policy_file_errors_name_file_bundle_and_field(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(InvalidArgument) as info:
+        load_policies(path)
+    assert str(info.value).startswith(str(path))
+    assert needle in str(info.value)
