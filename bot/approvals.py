@@ -122,10 +122,11 @@ class ApprovalManager:
             raise InvalidArgument(f"wait must be between 0 and {MAX_WAIT:g} seconds")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        future: asyncio.Future = loop.create_future()
-        self._waiters[approval_id].add(future)
-        try:
-            while True:
+        while True:
+            # Registered before reading, so a decision committed in between still wakes us.
+            future: asyncio.Future = loop.create_future()
+            self._waiters[approval_id].add(future)
+            try:
                 approval = await self.get(approval_id)
                 if approval.is_final:
                     return approval
@@ -138,17 +139,24 @@ class ApprovalManager:
                     return approval
                 until_expiry = (approval.expires_at - now).total_seconds()
                 slice_ = min(remaining, self.poll_interval, until_expiry + 0.001)
-                done, _ = await asyncio.wait((future,), timeout=slice_)
-                if done:
-                    return future.result()
-        finally:
-            waiters = self._waiters.get(approval_id)
-            if waiters is not None:
-                waiters.discard(future)
-                if not waiters:
-                    del self._waiters[approval_id]
-            if not future.done():
-                future.cancel()
+                timer = loop.call_later(slice_, _settle, future, None)
+                try:
+                    decided = await future  # one hop from _publish: no wait_for/shield chain
+                finally:
+                    timer.cancel()
+                if decided is not None:
+                    return decided
+            finally:
+                self._forget(approval_id, future)
+
+    def _forget(self, approval_id: str, future: asyncio.Future) -> None:
+        waiters = self._waiters.get(approval_id)
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._waiters[approval_id]
+        if not future.done():
+            future.cancel()
 
     @property
     def waiting(self) -> int:
@@ -160,10 +168,14 @@ class ApprovalManager:
     def _publish(self, approval: Approval, created: bool = False) -> None:
         if approval.is_final:
             for future in self._waiters.get(approval.id, ()):
-                if not future.done():
-                    future.set_result(approval)
+                _settle(future, approval)
         for listener in self._listeners:
             try:
                 listener(approval, created)
             except Exception:  # a broken listener must not undo a committed decision
                 log.exception("approval listener failed for %s", approval.id)
+
+
+def _settle(future: asyncio.Future, value: Approval | None) -> None:
+    if not future.done():
+        future.set_result(value)
