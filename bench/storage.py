@@ -28,7 +28,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a script, this folder comes first on sys.path, where its files would shadow the
+# standard library (bench/socket.py) and the storage package (this very file): drop it.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
 
 import psycopg  # noqa: E402
 
@@ -80,6 +84,11 @@ def median_seconds(fn: Callable[[], object], reps: int) -> tuple[float, object]:
         result = fn()
         times.append(time.perf_counter() - t)
     return statistics.median(times), result
+
+
+def speed(ratio: float) -> str:
+    """``ratio`` = raw time / store time, said the readable way round."""
+    return f"{ratio:,.1f}x faster" if ratio >= 1 else f"{1 / ratio:,.1f}x slower"
 
 
 def raw_group_by(store: Store, by: str, since: datetime | None, until: datetime | None):
@@ -159,10 +168,10 @@ def summaries(store: Store, args, backend: str, results: Results) -> None:
             calls = summary.total.calls
             print(f"[{backend}] summarize by {by:<13} {label:<12} {calls:>9,} calls: "
                   f"store {store_s * 1e3:8.2f} ms, raw GROUP BY {raw_s * 1e3:8.2f} ms "
-                  f"({raw_s / store_s:,.1f}x) - same numbers")
+                  f"(store {speed(raw_s / store_s)}) - same numbers")
             results.append((backend, f"summarize by {by}, {label} (ms)",
                             f"{store_s * 1e3:.2f}", f"{raw_s * 1e3:.2f}",
-                            f"{raw_s / store_s:,.1f}x faster"))
+                            speed(raw_s / store_s)))
 
 
 RAW_TABLE = """CREATE TABLE bench_raw_ledger (
@@ -221,9 +230,9 @@ def singles(store: Store, args, backend: str, raw: Callable[[int], float],
     store_s = time.perf_counter() - t
     raw_s = raw(n)
     print(f"[{backend}] {n:,} single-entry appends: store {n / store_s:,.0f} rows/s, "
-          f"raw INSERT+COMMIT {n / raw_s:,.0f} rows/s ({store_s / raw_s:.1f}x the time)")
+          f"raw INSERT+COMMIT {n / raw_s:,.0f} rows/s (store {speed(raw_s / store_s)})")
     results.append((backend, "single-entry append (rows/s)", f"{n / store_s:,.0f}",
-                    f"{n / raw_s:,.0f}", f"{store_s / raw_s:.1f}x slower"))
+                    f"{n / raw_s:,.0f}", speed(raw_s / store_s)))
 
 
 def bench(store: Store, args, backend: str, raw: Callable[[int], float],

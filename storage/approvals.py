@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import peewee
 
-from storage.base import StoreBase, columns, decoder, translated_errors, unit_of_work
+from storage.base import StoreBase, columns, decoder, grouped, translated_errors, unit_of_work
 from storage.clock import from_text, to_text
 from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotFound
 from storage.models import ApprovalMessageRow, ApprovalRow
@@ -97,6 +97,7 @@ class ApprovalStore(StoreBase):
     def _approval_by_id_sql(self) -> str:
         return f'SELECT {columns(ApprovalRow)} FROM "approval" WHERE "id" = {self.db.param}'
 
+    @grouped
     @unit_of_work
     def create_approval(self, new: NewApproval, now: datetime | None = None
                         ) -> tuple[Approval, bool]:

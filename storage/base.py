@@ -53,6 +53,23 @@ def unit_of_work(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def grouped(method: Callable[..., T]) -> Callable[..., T]:
+    """Mark a write unit of work whose calls through :meth:`StoreBase.run` may share
+    one transaction with other such calls (group commit).
+
+    Each call runs in its own savepoint, so an error undoes only that call's
+    writes and reaches only its caller; every caller hears back after the
+    shared commit. On SQLite a commit rewrites every page the transaction
+    touched (a submission touches seven), so a busy socket API commits far
+    more requests per second in groups.
+    """
+    method.grouped = True  # type: ignore[attr-defined]
+    return method
+
+
+GROUP_MAX = 64
+
+
 class StoreBase:
     """Holds the database, the clock and the executor every async caller goes through.
 
@@ -72,13 +89,62 @@ class StoreBase:
         # Start every worker now, so close() knows exactly which threads hold connections.
         self._on_every_worker(lambda: None)
         self._statements: dict[str, str] = {}
+        self._group_lock = threading.Lock()
+        self._group_pending: list[tuple] = []
+        self._group_busy = False
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn(*args, **kwargs)`` (a Store method) on the Store's executor."""
+        """Run ``fn(*args, **kwargs)`` (a Store method) on the Store's executor.
+
+        Methods marked :func:`grouped` queue up while a group is being written
+        and are committed together (one drain at a time, on the executor).
+        """
         loop = asyncio.get_running_loop()
+        if getattr(fn, "grouped", False):
+            future = loop.create_future()
+            with self._group_lock:
+                self._group_pending.append((fn, args, kwargs, loop, future))
+                start = not self._group_busy
+                self._group_busy = True
+            if start:
+                self._executor.submit(self._drain_groups)
+            return await future
         return await loop.run_in_executor(
             self._executor, functools.partial(fn, *args, **kwargs)
         )
+
+    def _drain_groups(self) -> None:
+        """Write queued grouped calls, up to GROUP_MAX per transaction, until none are left."""
+        while True:
+            with self._group_lock:
+                batch = self._group_pending[:GROUP_MAX]
+                del self._group_pending[:GROUP_MAX]
+                if not batch:
+                    self._group_busy = False
+                    return
+            outcomes = self._write_group(batch)
+            by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+            for (_fn, _args, _kwargs, loop, future), outcome in zip(batch, outcomes, strict=True):
+                by_loop.setdefault(loop, []).append((future, outcome))
+            for loop, items in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_deliver, items)
+
+    def _write_group(self, batch: list[tuple]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            self.db.connect(reuse_if_open=True)
+            with translated_errors(), self.write():
+                for fn, args, kwargs, _loop, _future in batch:
+                    # A unit's own write() is a savepoint here: an error inside it undoes
+                    # that unit alone; what a unit keeps before raising (a halt) stands.
+                    try:
+                        outcomes.append((True, fn(*args, **kwargs)))
+                    except Exception as exc:
+                        outcomes.append((False, exc))
+        except Exception as exc:  # the transaction itself failed: nothing was written
+            return [(False, exc)] * len(batch)
+        return outcomes
 
     def statement(self, key: str, render: Callable[[], str]) -> str:
         """SQL text rendered once per Store, for the hot paths.
@@ -117,6 +183,16 @@ class StoreBase:
         self._on_every_worker(self.close_thread_connection)
         self._executor.shutdown(wait=True)
         self.close_thread_connection()
+
+
+def _deliver(items: list[tuple[asyncio.Future, tuple[bool, Any]]]) -> None:
+    for future, (ok, value) in items:
+        if future.done():  # the caller was cancelled; the write stands
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 def columns(model: type[peewee.Model]) -> str:

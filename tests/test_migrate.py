@@ -132,9 +132,7 @@ def test_models_describe_the_migrated_tables(fresh_url, open_store):
 
 
 def test_a_newer_schema_is_refused_and_left_alone(fresh_url, open_store):
-    store = open_store(fresh_url)
-    store.migrate()
-    store.close()
+    open_store(fresh_url).migrate()
     add_future_migration(fresh_url)
     before = snapshot(fresh_url)
 

@@ -1300,6 +1300,7 @@ def test_message_refs(store):
                                                      (store.approval_messages(b.id)[0].id, b.id)]
     assert owed[0][1] == a
     assert len(store.messages_owed(limit=1)) == 1
+    assert [ref.id for ref, _ in store.messages_owed(chat_id=-222)] == [refs[1].id]
 
     store.record_message(refs[0].id, "pending", message_id=9001, now=T0 + 2 * S)
     posted = store.find_message(111, 9001)

@@ -27,14 +27,14 @@ from storage.records import LedgerEntry, LedgerTotals, NewLedgerEntry, UsageSumm
 LEDGER = ItemsOf(LedgerEntry)
 ONE = TypeAdapter(LedgerEntryCreate)
 MANY = TypeAdapter(list[LedgerEntryCreate])
+NEW = TypeAdapter(list[NewLedgerEntry])
 LEDGER_BODY = LedgerEntryCreate | list[LedgerEntryCreate]
 
 
 def priced(entries: list[LedgerEntryCreate], pricer: Pricer, is_list: bool
            ) -> list[NewLedgerEntry]:
     """The Store's entries: dollars from the caller, else from the price data."""
-    out = []
-    construct = NewLedgerEntry.model_construct
+    rows = []
     price = pricer.price
     for i, e in enumerate(entries):
         if e.cached_tokens > e.prompt_tokens:
@@ -42,18 +42,16 @@ def priced(entries: list[LedgerEntryCreate], pricer: Pricer, is_list: bool
             msg = "cached_tokens cannot exceed prompt_tokens (prompt_tokens includes them)"
             raise Invalid(f"invalid {'.'.join(map(str, loc))}: {msg}",
                           [{"loc": loc, "msg": msg, "type": "value_error"}])
+        row = dict(e.__dict__)  # the validated fields; NEW checks them again, in Rust
         if e.dollars is None:
             p = price(e.provider, e.model, e.prompt_tokens, e.completion_tokens,
                       e.cached_tokens, e.created_at)
-            dollars, is_priced, version = p.dollars, p.priced, p.price_version
-        else:
-            dollars, is_priced, version = e.dollars, True, None
-        out.append(construct(
-            run_id=e.run_id, step_index=e.step_index, provider=e.provider, model=e.model,
-            prompt_tokens=e.prompt_tokens, completion_tokens=e.completion_tokens,
-            cached_tokens=e.cached_tokens, dollars=dollars, priced=is_priced,
-            price_version=version, response_id=e.response_id, created_at=e.created_at))
-    return out
+            row["dollars"], row["priced"], row["price_version"] = (
+                p.dollars, p.priced, p.price_version)
+        rows.append(row)
+    # One validator call for the whole list: ~1.5 µs an entry, where building the
+    # models one by one in Python costs several times that.
+    return NEW.validate_python(rows)
 
 
 async def append_ledger(request: web.Request) -> web.Response:

@@ -1,0 +1,301 @@
+"""The ``tapgate`` command line (also ``python -m bot``).
+
+``run`` serves; ``request`` talks to the running bot over its socket; the
+read-only commands (``pending``, ``runs``, ``spend``, ``migrate --status``,
+``audit export``) open the database directly, so they work while the bot is
+down, and never migrate it. Every error is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from bot.config import Settings, load_settings, parse_duration
+from storage.errors import TapgateError
+
+if TYPE_CHECKING:
+    from storage.store import Store
+
+EXIT_BY_STATUS = {"approved": 0, "denied": 1, "expired": 3, "cancelled": 3, "pending": 4}
+UNTIL_EXPIRY = -1.0  # a bare --wait
+
+
+class CommandError(TapgateError):
+    """A command cannot do what was asked (the message is the one line printed)."""
+
+    code = "command_error"
+
+
+# --- argument types ------------------------------------------------------------------------
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _instant(text: str) -> datetime:
+    from bot.window import parse_instant
+
+    try:
+        return parse_instant(text)
+    except TapgateError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _payload(text: str) -> Any:
+    """``TEXT`` or ``@FILE``; JSON when it parses as JSON, else the string itself."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tapgate", description="Human-in-the-loop approvals for AI agents over Telegram.")
+    parser.add_argument("--env-file", metavar="PATH",
+                        help="read settings from PATH instead of ./bot.env")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="migrate, then serve Telegram, the socket API and expiry"
+                   ).set_defaults(func=cmd_run)
+
+    p = sub.add_parser("migrate", help="apply pending migrations (or show them)")
+    p.add_argument("--status", action="store_true", help="show applied and pending migrations")
+    p.add_argument("--json", action="store_true", help="with --status: JSON")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("request", help="submit an approval request over the socket")
+    p.add_argument("--kind", required=True)
+    p.add_argument("--summary", required=True)
+    p.add_argument("--payload", type=_payload, help="TEXT or @FILE (sent as JSON if it is JSON)")
+    p.add_argument("--agent", default=os.environ.get("USER") or "cli")
+    p.add_argument("--run", dest="run_id", metavar="RUN", help="the run it belongs to")
+    p.add_argument("--ttl", type=_duration, help="e.g. 90s, 10m, 24h, 7d (default: the bot's)")
+    p.add_argument("--wait", type=_duration, nargs="?", const=UNTIL_EXPIRY, metavar="SECONDS",
+                   help="wait for the decision (bare: until the request expires)")
+    p.add_argument("--idempotency-key", metavar="KEY")
+    p.set_defaults(func=cmd_request)
+
+    p = sub.add_parser("pending", help="table of pending requests")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_pending)
+
+    runs = sub.add_parser("runs", help="runs with usage against budget").add_subparsers(
+        dest="runs_command", required=True, metavar="{list,show}")
+    p = runs.add_parser("list", help="runs, newest first")
+    p.add_argument("--status", choices=("running", "halted", "completed"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs_list)
+    p = runs.add_parser("show", help="one run, its usage and latest checkpoint")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs_show)
+
+    p = sub.add_parser("spend", help="spend summary")
+    p.add_argument("--by", default="model", help="provider, model, day, name or metadata.KEY")
+    p.add_argument("--since", type=_instant, metavar="T", help="RFC 3339 or YYYY-MM-DD")
+    p.add_argument("--until", type=_instant, metavar="T", help="RFC 3339 or YYYY-MM-DD")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_spend)
+
+    audit = sub.add_parser("audit", help="the audit trail").add_subparsers(
+        dest="audit_command", required=True, metavar="{export}")
+    p = audit.add_parser("export", help="every approval, tool call and ledger row")
+    p.add_argument("--run", dest="run_id", metavar="ID")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    p.add_argument("--out", metavar="FILE", help="default: stdout")
+    p.set_defaults(func=cmd_audit_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # usage errors exit 2
+    try:
+        settings = load_settings(args.env_file)
+        return args.func(args, settings)
+    except KeyboardInterrupt:
+        return 130
+    except (TapgateError, OSError) as exc:
+        return fail(str(exc) or type(exc).__name__)
+    except Exception as exc:  # a driver error, say: still one line, no traceback
+        return fail(f"{type(exc).__name__}: {exc}")
+
+
+def fail(message: str) -> int:
+    print(" ".join(message.split()), file=sys.stderr)
+    return 2
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def dump(data: Any) -> None:
+    out(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# --- run, migrate ----------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    settings.require_for_run()
+    from bot.service import run_service
+
+    return run_service(settings)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.tables import migrations_table
+    from storage.store import Store
+
+    if args.status:
+        with database(settings, check=False) as store:
+            statuses = store.migration_status()
+        if args.json:
+            dump({"items": [{"index": s.index, "name": s.name, "known": s.known,
+                             "applied_at": s.applied.isoformat() if s.applied else None}
+                            for s in statuses]})
+        else:
+            out(migrations_table(statuses))
+        return 0
+    store = Store.from_url(settings.database_url, workers=1)
+    try:
+        applied = store.migrate()
+    finally:
+        store.close()
+    out("applied " + ", ".join(applied) if applied else "up to date")
+    return 0
+
+
+# --- request (over the socket) ---------------------------------------------------------------
+
+
+def cmd_request(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.client import TapgateClient
+
+    with TapgateClient(settings.socket_path) as client:
+        approval = client.request_approval(
+            args.agent, args.kind, args.summary, payload=args.payload, ttl_seconds=args.ttl,
+            run_id=args.run_id, idempotency_key=args.idempotency_key)
+        if args.wait is not None:
+            timeout = None if args.wait == UNTIL_EXPIRY else args.wait
+            approval = client.wait_for_decision(approval.id, timeout)
+    out(approval.model_dump_json(indent=2))
+    return EXIT_BY_STATUS[approval.status] if args.wait is not None else 0
+
+
+# --- read-only commands (the database, directly) -------------------------------------------------
+
+
+@contextmanager
+def database(settings: Settings, check: bool = True) -> Iterator[Store]:
+    """The Store, read-only in spirit: no migration, a newer schema refused."""
+    from storage.store import Store
+
+    url = urlparse(settings.database_url)
+    if url.scheme == "sqlite":
+        path = Path(settings.database_url.removeprefix("sqlite:///").split("?")[0])
+        if not path.exists():
+            raise CommandError(f"no database at {path} (`tapgate migrate` or `tapgate run` "
+                               "creates it)")
+    store = Store.from_url(settings.database_url, workers=1)
+    try:
+        if check:
+            statuses = store.migration_status()
+            store.check_schema()
+            pending = [s.name for s in statuses if s.known and s.applied is None]
+            if pending:
+                raise CommandError(f"the database is not migrated ({', '.join(pending)} "
+                                   "pending): run `tapgate migrate`")
+        yield store
+    finally:
+        store.close()
+
+
+def _read(settings: Settings, fn: Callable[[Store], Any]) -> Any:
+    with database(settings) as store:
+        return fn(store)
+
+
+def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.tables import pending_table
+
+    approvals = _read(settings, lambda s: s.list_approvals("pending", oldest_first=True))
+    if args.json:
+        dump({"items": [a.model_dump(mode="json") for a in approvals]})
+    else:
+        out(pending_table(approvals, datetime.now(UTC)))
+    return 0
+
+
+def cmd_runs_list(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.tables import runs_table
+
+    runs = _read(settings, lambda s: s.list_runs(args.status))
+    if args.json:
+        dump({"items": [r.model_dump(mode="json") for r in runs]})
+    else:
+        out(runs_table(runs, datetime.now(UTC)))
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.tables import run_detail
+    from storage.errors import NotFound
+
+    def load(store: Store):
+        run = store.get_run(args.id)
+        try:
+            return run, store.latest_checkpoint(args.id)
+        except NotFound:
+            return run, None
+
+    run, checkpoint = _read(settings, load)
+    if args.json:
+        dump({"run": run.model_dump(mode="json"),
+              "latest_checkpoint": checkpoint.model_dump(mode="json") if checkpoint else None})
+    else:
+        out(run_detail(run, checkpoint, datetime.now(UTC)))
+    return 0
+
+
+def cmd_spend(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.tables import spend_table
+
+    summary = _read(settings, lambda s: s.summarize_ledger(args.by, args.since, args.until))
+    if args.json:
+        dump(summary.model_dump(mode="json"))
+    else:
+        out(spend_table(summary))
+    return 0
+
+
+def cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
+    from bot.audit import export
+
+    with database(settings) as store:
+        if args.out is None:
+            export(store, sys.stdout, args.format, args.run_id)
+            return 0
+        with open(args.out, "w", encoding="utf-8", newline="") as f:
+            count = export(store, f, args.format, args.run_id)
+    print(f"wrote {count:,} rows to {args.out}", file=sys.stderr)
+    return 0
