@@ -107,7 +107,7 @@ class Service:
     def _socket_kwargs(self) -> dict:
         from bot.pricing import Pricer
 
-        return {"pricer": Pricer()}
+        return {"pricer": Pricer(), "governance": self.governance}
 
     async def stop(self) -> None:
         """Stop in reverse order; unfinished Telegram edits stay owed for the next start."""

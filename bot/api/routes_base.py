@@ -19,6 +19,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from bot.api.schemas import Index, Key
 from bot.approvals import ApprovalManager
+from bot.governance import Governance
 from bot.pricing import Pricer
 from storage.errors import InvalidArgument, TapgateError
 from storage.records import Approval
@@ -76,16 +77,17 @@ _PATH_ADAPTERS = {name: TypeAdapter(tp) for name, tp in PATH_PARAMS.items()}
 
 
 class Api:
-    """What the handlers work with: the Store, the ApprovalManager and the Pricer.
+    """What the handlers work with: the Store, the ApprovalManager, Governance, the Pricer.
 
     It also tracks the open long-polls, so stopping the server answers them
     at once with the request's current state instead of holding the stop.
     """
 
     def __init__(self, store: Store, manager: ApprovalManager, pricer: Pricer,
-                 database: str, version: str):
+                 database: str, version: str, governance: Governance):
         self.store = store
         self.manager = manager
+        self.governance = governance
         self.pricer = pricer
         self.database = database
         self.version = version

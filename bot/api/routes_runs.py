@@ -32,11 +32,14 @@ CHECKPOINTS = ItemsOf(Checkpoint)
 
 
 async def put_run(request: web.Request) -> web.Response:
-    """Create or update a run (always 200; ``policy_ref`` is kept from the insert)."""
+    """Create or update a run (always 200; ``policy_ref`` is kept from the insert).
+
+    Budgets not given come from the run's policy, else from the defaults.
+    """
     run_id = path(request, "id")
     spec: RunPut = await body(request, RunPut)
-    store = api(request).store
-    run = await store.run(store.upsert_run, RunUpsert(id=run_id, **spec.model_dump()))
+    RunUpsert(id=run_id)  # the id's own limits, before anything is written
+    run = await api(request).governance.upsert_run(run_id, spec.model_dump())
     return respond(run)
 
 
@@ -54,22 +57,14 @@ async def list_runs(request: web.Request) -> web.Response:
 async def cancel_run(request: web.Request) -> web.Response:
     """Halt the run (reason ``cancelled``) and withdraw its pending approvals."""
     run_id = path(request, "id")
-    ctx = api(request)
-
-    async def cancel() -> Run:
-        run, withdrawn = await ctx.store.run(ctx.store.cancel_run, run_id, "api")
-        ctx.manager.announce(withdrawn)
-        return run
-
-    return respond(await finish(cancel()))
+    return respond(await finish(api(request).governance.cancel_run(run_id, "api")))
 
 
 async def put_step(request: web.Request) -> web.Response:
     run_id, index = path(request, "id"), path(request, "index")
     spec: StepPut = await body(request, StepPut)
-    store = api(request).store
     step = StepUpsert(run_id=run_id, index=index, **spec.model_dump())
-    return respond(await store.run(store.upsert_step, step))
+    return respond(await finish(api(request).governance.upsert_step(step)))
 
 
 async def list_steps(request: web.Request) -> web.Response:
@@ -78,12 +73,13 @@ async def list_steps(request: web.Request) -> web.Response:
 
 
 async def create_tool_call(request: web.Request) -> web.Response:
+    """Record a tool call under the run's policy: 403 outside its allowlist; an
+    approval (to wait on like any other) when one of its rules matches."""
     run_id = path(request, "id")
     spec: ToolCallCreate = await body(request, ToolCallCreate)
-    store = api(request).store
-    call = await store.run(store.append_tool_call,
-                           NewToolCall(run_id=run_id, **spec.model_dump()))
-    return respond(ToolCallResult(tool_call=call, approval=None), 201)
+    call, approval = await finish(api(request).governance.append_tool_call(
+        NewToolCall(run_id=run_id, **spec.model_dump())))
+    return respond(ToolCallResult(tool_call=call, approval=approval), 201)
 
 
 async def list_tool_calls(request: web.Request) -> web.Response:

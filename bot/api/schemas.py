@@ -134,12 +134,19 @@ class BudgetFields(Wire):
     budget_seconds: int = Field(0, ge=0, le=MAX_INT32)
 
 
-class RunPut(BudgetFields):
+class RunPut(Wire):
     """``PUT /v1/runs/{id}``: a full replacement of name, budgets and metadata.
 
-    ``policy_ref`` is written on insert only; status and usage change only
-    through steps, ledger entries and cancel.
+    A budget left out (or null) comes from the run's policy, else from the
+    ``TAPGATE_DEFAULT_BUDGET_*`` settings; 0 means unlimited. ``policy_ref``
+    is written on insert only; status and usage change only through steps,
+    ledger entries and cancel.
     """
+
+    budget_tokens: int | None = Field(None, ge=0, le=MAX_BUDGET_TOKENS)
+    budget_dollars: float | None = Field(None, ge=0, le=1e12)
+    budget_loops: int | None = Field(None, ge=0, le=MAX_INT32)
+    budget_seconds: int | None = Field(None, ge=0, le=MAX_INT32)
 
     name: Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)] = ""
     metadata: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]+$", max_length=200)],

@@ -36,6 +36,7 @@ from bot.api.routes_base import (
 )
 from bot.api.schemas import MAX_BODY, Health
 from bot.approvals import ApprovalManager
+from bot.governance import Governance
 from bot.pricing import Pricer
 from storage.db import is_postgres
 from storage.errors import AlreadyFinal, BudgetExceeded, TapgateError
@@ -137,7 +138,8 @@ def _tapgate_error(exc: TapgateError) -> web.Response:
 
 
 def build_app(store: Store, manager: ApprovalManager, allowed_uids: list[int],
-              pricer: Pricer | None = None, max_body: int = MAX_BODY) -> web.Application:
+              pricer: Pricer | None = None, max_body: int = MAX_BODY,
+              governance: Governance | None = None) -> web.Application:
     """The aiohttp application (no socket): used by :class:`SocketServer`, tests and bench."""
     allowed = frozenset(allowed_uids)
 
@@ -174,7 +176,8 @@ def build_app(store: Store, manager: ApprovalManager, allowed_uids: list[int],
 
     app = web.Application(client_max_size=max_body, middlewares=[guard])
     app[API] = Api(store, manager, pricer or Pricer(),
-                   "postgresql" if is_postgres(store.db) else "sqlite", VERSION)
+                   "postgresql" if is_postgres(store.db) else "sqlite", VERSION,
+                   governance or Governance(store, manager))
     app[OPENAPI] = json.dumps(build_openapi(ROUTES, VERSION)).encode()
     for route in ROUTES:
         app.router.add_route(route.method, route.path, route.handler)
@@ -189,10 +192,10 @@ class SocketServer:
 
     def __init__(self, path: Path | str, allowed_uids: list[int], store: Store,
                  manager: ApprovalManager, pricer: Pricer | None = None,
-                 max_body: int = MAX_BODY):
+                 max_body: int = MAX_BODY, governance: Governance | None = None):
         self.path = Path(path)
         self.allowed_uids = list(allowed_uids)
-        self.app = build_app(store, manager, self.allowed_uids, pricer, max_body)
+        self.app = build_app(store, manager, self.allowed_uids, pricer, max_body, governance)
         self._runner: web.AppRunner | None = None
         self._inode: int | None = None
 
