@@ -14,6 +14,7 @@ from bot.api.routes_base import (
     ItemsOf,
     Route,
     api,
+    finish,
     parse_json,
     path,
     query,
@@ -61,7 +62,7 @@ async def append_ledger(request: web.Request) -> web.Response:
     entries = parse_json(MANY, raw) if is_list else [parse_json(ONE, raw)]
     ctx = api(request)
     news = priced(entries, ctx.pricer, is_list)
-    result = await ctx.store.run(ctx.store.append_ledger, news)
+    result = await finish(ctx.governance.append_ledger(news))  # budgets apply
     if is_list:
         return LEDGER.respond(result.entries, 201)
     return respond(result.entries[0], 201)
