@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     p.add_argument("--out", metavar="FILE", help="default: stdout")
     p.set_defaults(func=cmd_audit_export)
+
+    policy = sub.add_parser("policy", help="policy bundles").add_subparsers(
+        dest="policy_command", required=True, metavar="{apply}")
+    p = policy.add_parser("apply", help="register the bundles of a YAML or TOML file")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true", help="print the stored policies as JSON")
+    p.set_defaults(func=cmd_policy_apply)
     return parser
 
 
@@ -298,4 +305,22 @@ def cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
         with open(args.out, "w", encoding="utf-8", newline="") as f:
             count = export(store, f, args.format, args.run_id)
     print(f"wrote {count:,} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_policy_apply(args: argparse.Namespace, settings: Settings) -> int:
+    """Validate every bundle of the file first, then write them all (works while the bot
+    is down; runs created later with ``policy_ref`` use them)."""
+    from bot.policyfile import load_policies
+
+    bundles = load_policies(args.file)  # all valid, or nothing is written
+    with database(settings) as store:
+        stored = [store.upsert_policy(bundle) for bundle in bundles]
+    if args.json:
+        dump({"items": [p.model_dump(mode="json") for p in stored]})
+    else:
+        for p in stored:
+            rules = len(p.approval_rules)
+            out(f"applied {p.name}: {len(p.tool_allowlist)} allowed tool(s), {rules} approval "
+                f"rule(s){', default_safe' if p.default_safe else ''}")
     return 0

@@ -115,3 +115,30 @@ def test_policy_file_errors_name_file_bundle_and_field(tmp_path, text, needle):
         load_policies(path)
     assert str(info.value).startswith(str(path))
     assert needle in str(info.value)
+
+
+def test_cli_policy_apply_and_audit_export(tmp_path, monkeypatch, capsys):
+    from bot.cli import main
+    from storage.store import Store
+
+    for key in [k for k in __import__("os").environ if k.startswith("TAPGATE_")]:
+        monkeypatch.delenv(key)
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("TAPGATE_DATABASE_URL", url)
+    monkeypatch.chdir(tmp_path)
+    store = Store.from_url(url)
+    store.migrate()
+    store.close()
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(POLICY_YAML)
+    assert main(["policy", "apply", str(policies)]) == 0
+    assert "applied careful: 2 allowed tool(s), 2 approval rule(s), default_safe" in \
+        capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("careful:\n  budget_dollars: lots\n")
+    assert main(["policy", "apply", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(str(bad)) and "bundle 'careful': field budget_dollars" in err
+    out_file = tmp_path / "audit.csv"
+    assert main(["audit", "export", "--format", "csv", "--out", str(out_file)]) == 0
+    assert out_file.read_text().startswith("type,id,run_id")
