@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -32,6 +33,17 @@ def configure_logging(level: str) -> None:
     # httpx logs every request URL at INFO, and the URL contains the bot token.
     for noisy in ("httpx", "httpcore", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def tune_gc() -> None:
+    """After start-up: keep the start-up heap out of collections and collect less often.
+
+    The price data, schemas and handlers are never garbage, yet every young
+    collection would walk them again; a 2,000-entry ledger list otherwise
+    spends about a fifth of its time in the collector.
+    """
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 class Service:
@@ -133,6 +145,7 @@ async def serve(settings: Settings) -> None:
     service = Service(settings)
     try:
         await service.start()
+        tune_gc()
         await stop.wait()
         log.info("stopping")
     finally:

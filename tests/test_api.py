@@ -195,6 +195,32 @@ async def test_payload_limit(api):
     assert "413" in err["message"]
 
 
+async def test_concurrent_writes_share_commits_but_not_failures(api):
+    """Writes arriving together are committed in groups (storage's group commit):
+    one request's error must reach only that request."""
+    await api.store.run(api.store.upsert_run, RunUpsert(id="live"))
+    await api.store.run(api.store.upsert_run, RunUpsert(id="stopped"))
+    await api.store.run(api.store.cancel_run, "stopped")
+    requests = []
+    for i in range(40):
+        kind = i % 4
+        if kind == 0:
+            requests.append(("POST", "/v1/approvals", {**APPROVAL, "summary": f"ok {i}"}, 201))
+        elif kind == 1:
+            requests.append(("POST", "/v1/approvals", {**APPROVAL, "run_id": "ghost"}, 404))
+        elif kind == 2:
+            requests.append(("POST", "/v1/ledger", {"run_id": "live", "model": "m",
+                                                    "dollars": 0.01}, 201))
+        else:
+            requests.append(("POST", "/v1/ledger", {"run_id": "stopped", "model": "m",
+                                                    "dollars": 0.01}, 402))
+    answers = await asyncio.gather(*(api.http.request(m, p, json=b) for m, p, b, _ in requests))
+    assert [r.status_code for r in answers] == [want for *_, want in requests]
+    assert await api.store.run(api.store.count_approvals, "pending") == 10
+    assert (await api.http.get("/v1/runs/live/totals")).json()["calls"] == 10
+    assert (await api.http.get("/v1/runs/stopped/totals")).json()["calls"] == 0
+
+
 # --- ledger (both backends) -----------------------------------------------------------------------
 
 
@@ -493,6 +519,7 @@ async def test_stop_answers_open_long_polls(tmp_path, caplog):
     assert not harness.path.exists()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     await harness.http.aclose()
+    shutil.rmtree(harness.path.parent, ignore_errors=True)
     store.close()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -36,10 +37,14 @@ async def tapgate(harness, *args: str, env: dict | None = None) -> tuple[int, st
     environment = {**os.environ, "PYTHONPATH": str(ROOT),
                    "TAPGATE_SOCKET_PATH": str(harness.path) if harness else "/nonexistent.sock",
                    "TAPGATE_DATABASE_URL": "sqlite:////nonexistent/never.db", **(env or {})}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", *args, env=environment, cwd=str(short_dir()),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    stdout, stderr = await proc.communicate()
+    cwd = short_dir()  # no bot.env there
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", *args, env=environment, cwd=str(cwd),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await proc.communicate()
+    finally:
+        shutil.rmtree(cwd, ignore_errors=True)
     return proc.returncode, stdout.decode(), stderr.decode()
 
 

@@ -22,20 +22,26 @@ from storage.records import Approval, LedgerEntry, Run
 from tests.test_api import lite, short_dir  # noqa: F401  (the fixture)
 
 
-def approver(harness, decision: str | None, reason: str | None = None) -> list[Approval]:
+class Approver:
     """A fake human: decides every new request as soon as it is announced."""
-    seen: list[Approval] = []
-    loop = asyncio.get_running_loop()
 
-    def on_event(approval: Approval, created: bool) -> None:
+    def __init__(self, harness, decision: str | None, reason: str | None = None):
+        self.decision, self.reason = decision, reason
+        self.seen: list[Approval] = []
+        self._harness = harness
+        self._loop = asyncio.get_running_loop()
+        harness.manager.subscribe(self._on_event)
+
+    def _on_event(self, approval: Approval, created: bool) -> None:
         if created:
-            seen.append(approval)
-            if decision:
-                loop.create_task(harness.manager.resolve(approval.id, decision,
-                                                         "telegram:7 (@carol)", reason))
+            self.seen.append(approval)
+            if self.decision:
+                self._loop.create_task(self._harness.manager.resolve(
+                    approval.id, self.decision, "telegram:7 (@carol)", self.reason))
 
-    harness.manager.subscribe(on_event)
-    return seen
+
+def approver(harness, decision: str | None, reason: str | None = None) -> Approver:
+    return Approver(harness, decision, reason)
 
 
 async def test_sync_client_covers_the_api(lite):  # noqa: F811
@@ -153,14 +159,13 @@ async def test_decorator_on_sync_functions(lite):  # noqa: F811
         ran.append(path)
         return f"removed {path}"
 
-    seen = approver(lite, "approved")
+    human = approver(lite, "approved")
     assert await asyncio.to_thread(remove, "build/", force=True) == "removed build/"
     assert ran == ["build/"]
+    seen = human.seen
     assert seen[0].summary == "remove('build/', force=True)" and seen[0].agent == "ops-bot"
 
-    seen.clear()
-    lite.manager._listeners.clear()
-    approver(lite, "denied", reason="not on a Friday")
+    human.decision, human.reason = "denied", "not on a Friday"
     with pytest.raises(ApprovalDenied, match="not on a Friday") as denied:
         await asyncio.to_thread(remove, "dist/")
     assert "telegram:7 (@carol)" in str(denied.value)
@@ -176,13 +181,13 @@ async def test_decorator_on_async_functions(lite):  # noqa: F811
         ran.append(amount)
         return amount
 
-    seen = approver(lite, "approved")
+    human = approver(lite, "approved")
     assert await pay(5) == 5 and ran == [5]
+    seen = human.seen
     assert seen[0].summary == "pay $5" and seen[0].payload == {"amount": 5}
     assert seen[0].agent == __name__
 
-    lite.manager._listeners.clear()
-    approver(lite, "denied", reason="too much")
+    human.decision, human.reason = "denied", "too much"
     with pytest.raises(ApprovalDenied, match="too much"):
         await pay(500)
     assert ran == [5]

@@ -14,12 +14,21 @@ import math
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from storage.records import (
     Approval,
     ApprovalRule,
     ApprovalStatus,
+    NewLedgerEntry,
     RunStatus,
     ToolCall,
 )
@@ -199,10 +208,26 @@ class CheckpointCreate(Wire):
 # --- ledger ----------------------------------------------------------------------------------
 
 
-class LedgerEntryCreate(Wire):
+def _hide_internal(schema: dict[str, Any]) -> None:
+    for name in INTERNAL_LEDGER_FIELDS:
+        schema.get("properties", {}).pop(name, None)
+
+
+INTERNAL_LEDGER_FIELDS = ("priced", "price_version")
+
+
+class LedgerEntryCreate(NewLedgerEntry):
     """One model call for ``POST /v1/ledger``; without ``dollars`` it is priced from the
     price data (``priced`` false when the model is unknown). ``prompt_tokens``
-    includes ``cached_tokens``."""
+    includes ``cached_tokens``.
+
+    It is the Store's :class:`NewLedgerEntry` with the wire's bounds, so a list of
+    thousands is validated once, priced in place and stored as it is; ``priced``
+    and ``price_version`` are the server's to set and refused from the wire.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False,
+                              json_schema_extra=_hide_internal)
 
     run_id: Key
     step_index: Index = 0
@@ -214,6 +239,20 @@ class LedgerEntryCreate(Wire):
     dollars: Dollars | None = None
     response_id: Annotated[str, StringConstraints(max_length=500, pattern=NO_NUL)] | None = None
     created_at: When | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_from_the_wire(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in INTERNAL_LEDGER_FIELDS:
+                if name in data:
+                    raise PydanticCustomError("extra_forbidden",
+                                              f"{name} is set by the server, not the caller")
+        return data
+
+    def set_price(self, dollars: float | None, priced: bool, version: str | None) -> None:
+        """Record the price (directly in the field dict: thousands per request)."""
+        self.__dict__.update(dollars=dollars, priced=priced, price_version=version)
 
 
 SpendBy = Annotated[str, StringConstraints(pattern=r"^(provider|model|day|name|metadata\.[A-Za-z0-9_-]+)$")]

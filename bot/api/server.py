@@ -17,6 +17,7 @@ import os
 import socket
 import stat
 import struct
+import weakref
 from pathlib import Path
 
 from aiohttp import web
@@ -103,13 +104,23 @@ ROUTES: list[Route] = [
 # --- errors and peers ----------------------------------------------------------------------------
 
 
+# SO_PEERCRED gives the credentials the peer had when it connected: read them once per
+# connection (keyed by its transport) and check them on every request.
+_PEERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _peer_uid(request: web.Request) -> int | None:
     transport = request.transport
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or sock.family != socket.AF_UNIX:
+    if transport is None:
         return None
-    _pid, uid, _gid = PEERCRED.unpack(
-        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+    uid = _PEERS.get(transport)
+    if uid is None:
+        sock = transport.get_extra_info("socket")
+        if sock is None or sock.family != socket.AF_UNIX:
+            return None
+        _pid, uid, _gid = PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        _PEERS[transport] = uid
     return uid
 
 
