@@ -191,9 +191,11 @@ class StoreBase:
             future.result()
 
     def close(self) -> None:
-        """Close every executor thread's connection and stop the executor."""
-        self._on_every_worker(self.close_thread_connection)
-        self._executor.shutdown(wait=True)
+        """Close every executor thread's connection and stop the executor (idempotent)."""
+        if not getattr(self, "_closed", False):
+            self._closed = True
+            self._on_every_worker(self.close_thread_connection)
+            self._executor.shutdown(wait=True)
         self.close_thread_connection()
 
 

@@ -18,45 +18,30 @@ class ExportStore(StoreBase):
 
     def iter_approvals(self, run_id: str | None = None, page: int = PAGE) -> Iterator[Approval]:
         """Approvals in (created_at, id) order, optionally of one run."""
-        after: tuple[str, str] | None = None
-        while True:
-            rows = self._approval_page(run_id, after, page)
-            if not rows:
-                return
-            yield from rows
-            after = (rows[-1].created_at, rows[-1].id)
-
-    @unit_of_work
-    def _approval_page(self, run_id, after, page) -> list[Approval]:
-        query = ApprovalRow.select()
-        if run_id is not None:
-            query = query.where(ApprovalRow.run == run_id)
-        if after is not None:
-            at, last_id = after
-            query = query.where((ApprovalRow.created_at > at)
-                                | ((ApprovalRow.created_at == at) & (ApprovalRow.id > last_id)))
-        query = query.order_by(ApprovalRow.created_at, ApprovalRow.id).limit(page)
-        return [approval_record(r) for r in query]
+        return self._paged(ApprovalRow, approval_record, run_id, page)
 
     def iter_tool_calls(self, run_id: str | None = None, page: int = PAGE
                         ) -> Iterator[ToolCall]:
         """Tool calls in (created_at, id) order, optionally of one run."""
+        return self._paged(ToolCallRow, tool_call_record, run_id, page)
+
+    def _paged(self, model, record, run_id: str | None, page: int) -> Iterator:
         after = None
         while True:
-            rows = self._tool_call_page(run_id, after, page)
+            rows = self._page(model, record, run_id, after, page)
             if not rows:
                 return
             yield from rows
             after = (rows[-1].created_at, rows[-1].id)
 
     @unit_of_work
-    def _tool_call_page(self, run_id, after, page) -> list[ToolCall]:
-        query = ToolCallRow.select()
+    def _page(self, model, record, run_id, after, page) -> list:
+        # Keyset pagination on (created_at, id): each page is an index range, not an OFFSET.
+        query = model.select()
         if run_id is not None:
-            query = query.where(ToolCallRow.run == run_id)
+            query = query.where(model.run == run_id)
         if after is not None:
             at, last_id = after
-            query = query.where((ToolCallRow.created_at > at)
-                                | ((ToolCallRow.created_at == at) & (ToolCallRow.id > last_id)))
-        query = query.order_by(ToolCallRow.created_at, ToolCallRow.id).limit(page)
-        return [tool_call_record(r) for r in query]
+            query = query.where((model.created_at > at)
+                                | ((model.created_at == at) & (model.id > last_id)))
+        return [record(r) for r in query.order_by(model.created_at, model.id).limit(page)]

@@ -78,3 +78,25 @@ def store(db_url):
     s = Store.from_url(db_url)
     yield s
     s.close()
+
+
+@pytest.fixture
+async def fake():
+    """A fake Telegram Bot API server on a random port."""
+    from tests.fake_telegram import FakeTelegram
+
+    async with FakeTelegram() as server:
+        yield server
+
+
+@pytest.fixture
+async def service(fake, db_url):
+    """The whole bot (no socket) against ``fake``, listening for updates."""
+    from bot.service import Service
+    from tests.test_telegram import settings_for
+
+    svc = Service(settings_for(fake, db_url), with_socket=False)
+    await svc.start()
+    await fake.wait_polling()
+    yield svc
+    await svc.stop()

@@ -14,7 +14,6 @@ import pytest
 
 from bot.client import AsyncTapgateClient, ClientError
 from bot.service import Service
-from tests.fake_telegram import FakeTelegram
 from tests.test_telegram import ALICE, BOB, CHAT_A, CHAT_B, edited_to, posted, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,12 +24,6 @@ def sock_dir():
     path = tempfile.mkdtemp(dir="/tmp", prefix="tg-")  # AF_UNIX paths are short
     yield Path(path)
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def fake():
-    async with FakeTelegram() as server:
-        yield server
 
 
 @pytest.fixture

@@ -11,25 +11,9 @@ from bot.service import Service
 from bot.telegram.handlers import parse_spend_args
 from storage.errors import InvalidArgument
 from storage.records import ApprovalRule, NewLedgerEntry, NewToolCall, PolicyUpsert
-from tests.fake_telegram import FakeTelegram
-from tests.test_telegram import ALICE, CHAT_A, edited_to, posted, settings_for
+from tests.test_telegram import ALICE, CHAT_A, edited_to, posted
 
 NOW = datetime.now(UTC)
-
-
-@pytest.fixture
-async def fake():
-    async with FakeTelegram() as server:
-        yield server
-
-
-@pytest.fixture
-async def service(fake, db_url):
-    svc = Service(settings_for(fake, db_url), with_socket=False)
-    await svc.start()
-    await fake.wait_polling()
-    yield svc
-    await svc.stop()
 
 
 async def load_ledger(svc: Service) -> None:

@@ -1464,3 +1464,11 @@ async def test_concurrent_async_appends_add_up(store):
     assert summary.total.dollars == from_nano(sum(s[3] for s in expected.values()))
     ids = [e.id for r in results for e in r.entries]
     assert len(set(ids)) == len(ids)
+
+
+def test_close_twice_is_harmless(db_url):
+    from storage.store import Store
+
+    s = Store.from_url(db_url)
+    s.close()
+    s.close()

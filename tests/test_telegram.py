@@ -34,21 +34,6 @@ def settings_for(fake: FakeTelegram, db_url: str, **overrides) -> Settings:
     return Settings(_env_file=None, **values)
 
 
-@pytest.fixture
-async def fake():
-    async with FakeTelegram() as server:
-        yield server
-
-
-@pytest.fixture
-async def service(fake, db_url):
-    svc = Service(settings_for(fake, db_url), with_socket=False)
-    await svc.start()
-    await fake.wait_polling()
-    yield svc
-    await svc.stop()
-
-
 async def submit(svc: Service, **kwargs):
     values = {"agent": "builder", "kind": "shell", "summary": "rm -rf build/", **kwargs}
     approval, _ = await svc.manager.submit(**values)
