@@ -22,6 +22,7 @@ from bot.config import Settings
 from bot.expiry import schedule_expiry, sweep
 from bot.governance import Governance
 from bot.telegram.app import ALLOWED_UPDATES, BOT_COMMANDS, POLL_TIMEOUT, build_application
+from storage.db import is_postgres
 from storage.records import Budgets
 from storage.store import Store
 
@@ -92,7 +93,8 @@ class Service:
         await self.notifier.start()
         await self._start_extras()
         log.info("Tapgate is serving: %d approver chat(s), database %s",
-                 len(self.settings.approver_chat_ids), self.store.db.__class__.__name__)
+                 len(self.settings.approver_chat_ids),
+                 "postgresql" if is_postgres(self.store.db) else "sqlite")
 
     async def _initialize_telegram(self) -> None:
         delay = 1.0
