@@ -158,6 +158,15 @@ class ApprovalManager:
         if not future.done():
             future.cancel()
 
+    async def wake(self, approval_id: str) -> None:
+        """Another process made ``approval_id`` final: wake the waits on it here."""
+        if not self._waiters.get(approval_id):
+            return
+        approval = await self.get(approval_id)
+        if approval.is_final:
+            for future in list(self._waiters.get(approval_id, ())):
+                _settle(future, approval)
+
     @property
     def waiting(self) -> int:
         """How many waits are in progress (for tests and health)."""

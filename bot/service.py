@@ -21,6 +21,7 @@ from bot.approvals import ApprovalManager
 from bot.config import Settings
 from bot.expiry import schedule_expiry, sweep
 from bot.governance import Governance
+from bot.pgnotify import DecisionListener
 from bot.telegram.app import ALLOWED_UPDATES, BOT_COMMANDS, POLL_TIMEOUT, build_application
 from storage.db import is_postgres
 from storage.records import Budgets
@@ -66,6 +67,8 @@ class Service:
         self.app = build_application(settings, self.manager, self.store)
         self.with_socket = with_socket
         self.socket = None
+        self.listener = (DecisionListener(settings.database_url, self.manager)
+                         if is_postgres(self.store.db) else None)
 
     @property
     def notifier(self):
@@ -91,6 +94,8 @@ class Service:
             timeout=POLL_TIMEOUT, poll_interval=0.0, allowed_updates=ALLOWED_UPDATES,
             drop_pending_updates=False, bootstrap_retries=-1)
         await self.notifier.start()
+        if self.listener is not None:
+            await self.listener.start()
         await self._start_extras()
         log.info("Tapgate is serving: %d approver chat(s), database %s",
                  len(self.settings.approver_chat_ids),
@@ -128,6 +133,8 @@ class Service:
         if self.socket is not None:
             await self.socket.stop()
         await self.governance.drain()
+        if self.listener is not None:
+            await self.listener.stop()
         await self.notifier.stop()
         if self.app.updater.running:
             await self.app.updater.stop()

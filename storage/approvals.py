@@ -212,6 +212,7 @@ class ApprovalStore(StoreBase):
                 (status, decided_by, to_text(now), reason, approval_id, to_text(now)),
             ).fetchone()
             if won is not None:
+                self.announce_final([approval_id])
                 return approval_record(_decode_approval(won))
             # Lost: it is unknown, final, or due. A due request is expired here and
             # now, so every transition sees the same final state.
@@ -222,6 +223,7 @@ class ApprovalStore(StoreBase):
                 .returning(ApprovalRow)
                 .execute()
             )
+            self.announce_final([r.id for r in expired])
             # Raise only after the block: an exception inside it would roll the expiry back.
             row = expired[0] if expired else ApprovalRow.get_or_none(ApprovalRow.id == approval_id)
         if row is None:
@@ -240,7 +242,9 @@ class ApprovalStore(StoreBase):
                 .returning(ApprovalRow)
                 .execute()
             )
-            return [approval_record(r) for r in rows]
+            expired = [approval_record(r) for r in rows]
+            self.announce_final([a.id for a in expired])
+            return expired
 
     @unit_of_work
     def next_expiry(self) -> datetime | None:

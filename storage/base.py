@@ -16,7 +16,7 @@ import peewee
 from peewee import Database
 
 from storage.clock import utcnow
-from storage.db import write_transaction
+from storage.db import is_postgres, write_transaction
 from storage.errors import Conflict, NotFound, StorageError, TapgateError
 from storage.models import database
 
@@ -68,6 +68,7 @@ def grouped(method: Callable[..., T]) -> Callable[..., T]:
 
 
 GROUP_MAX = 64
+NOTIFY_CHANNEL = "tapgate_approval"
 
 
 class StoreBase:
@@ -173,6 +174,14 @@ class StoreBase:
         if getattr(self._in_group, "active", False):
             return _UnitSavepoint(self.db)
         return write_transaction(self.db)
+
+    def announce_final(self, approval_ids: list[str]) -> None:
+        """Inside a write transaction: on PostgreSQL, tell other processes (LISTEN
+        ``tapgate_approval``) that these approvals became final. ``pg_notify`` is
+        delivered at commit, so nobody hears of a decision that rolled back."""
+        if approval_ids and is_postgres(self.db):
+            self.db.execute_sql(f"SELECT pg_notify('{NOTIFY_CHANNEL}', id) FROM unnest(%s::text[]) AS id",
+                                (list(approval_ids),))
 
     def close_thread_connection(self) -> None:
         """Close this thread's connection (for threads that used the Store directly)."""

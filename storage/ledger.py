@@ -43,7 +43,6 @@ from storage.runs import Guard, RunStore, decode_run, run_record
 
 BASIC_DIMENSIONS = ("provider", "model", "day", "name")
 NONE_KEY = "(none)"
-INSERT_CHUNK = 500
 _ENTRIES = TypeAdapter(list[LedgerEntry])
 LEDGER_COLUMNS = ('"run_id"', '"step_index"', '"provider"', '"model"', '"prompt_tokens"',
                   '"completion_tokens"', '"cached_tokens"', '"dollars_nano"', '"priced"',
@@ -177,8 +176,12 @@ class LedgerStore(RunStore):
                     raise BudgetExceeded(run_record(row))
             ids = self._insert_ledger_rows(rows)
             upsert = self.statement("ledger_daily.upsert", self._daily_upsert_sql)
-            for (day, run_id, provider, model), s in daily.items():
-                self.db.execute_sql(upsert, (day, run_id, provider, model, *s))
+            # executemany: one prepared statement on SQLite, pipelined round trips
+            # with psycopg 3 (a list spread over many days and runs has many keys).
+            with peewee.__exception_wrapper__:
+                self.db.cursor().executemany(upsert, [(day, run_id, provider, model, *s)
+                                                      for (day, run_id, provider, model), s
+                                                      in daily.items()])
             add_usage = self.statement("run.add_usage", self._add_usage_sql)
             for run_id, (prompt, completion, nano) in usage.items():
                 updated = self.db.execute_sql(
@@ -211,13 +214,18 @@ class LedgerStore(RunStore):
                 cursor.executemany(self.statement("ledger.insert", lambda: head + marks), rows)
                 last = cursor.execute("SELECT last_insert_rowid()").fetchone()[0]
             return list(range(last - len(rows) + 1, last + 1))
+        # psycopg 3: one parsed statement, rows pipelined, each row's id in order. (A
+        # multi-row VALUES list costs more in psycopg's query parsing than in the server.)
         ids: list[int] = []
-        for i in range(0, len(rows), INSERT_CHUNK):
-            chunk = rows[i:i + INSERT_CHUNK]
-            sql = head + ", ".join([marks] * len(chunk)) + ' RETURNING "id"'
-            returned = self.db.execute_sql(sql, [v for row in chunk for v in row]).fetchall()
-            # Ids are drawn in VALUES order; RETURNING's order is not promised.
-            ids.extend(sorted(r[0] for r in returned))
+        with peewee.__exception_wrapper__:
+            cursor = self.db.cursor()
+            cursor.executemany(self.statement("ledger.insert.returning",
+                                              lambda: head + marks + ' RETURNING "id"'),
+                               rows, returning=True)
+            while True:
+                ids.extend(r[0] for r in cursor.fetchall())
+                if not cursor.nextset():
+                    break
         return ids
 
     def _daily_upsert_sql(self) -> str:

@@ -205,6 +205,7 @@ class RunStore(StoreBase):
                 .where((ApprovalRow.run == run_id) & (ApprovalRow.status == "pending"))
                 .returning(ApprovalRow).execute()
             )
+            self.announce_final([r.id for r in cancelled])
         return run, [approval_record(r) for r in cancelled]
 
     @unit_of_work
