@@ -16,7 +16,6 @@ from storage.db import is_postgres
 from storage.errors import BudgetExceeded, NotFound, RunNotRunning
 from storage.models import (
     ApprovalRow,
-    CheckpointRow,
     RunRow,
     StepRow,
     ToolCallRow,
@@ -24,8 +23,6 @@ from storage.models import (
 from storage.records import (
     Approval,
     Budgets,
-    Checkpoint,
-    NewCheckpoint,
     NewToolCall,
     Run,
     RunUpsert,
@@ -85,21 +82,6 @@ def tool_call_record(row: ToolCallRow) -> ToolCall:
         arguments=row.arguments or {},
         status=row.status,
         approval_id=row.approval_id,
-        created_at=row.created_at,
-    )
-
-
-def _checkpoint_record(row: CheckpointRow) -> Checkpoint:
-    return Checkpoint(
-        id=row.id,
-        run_id=row.run_id,
-        step_index=row.step_index,
-        name=row.name,
-        usage_prompt_tokens=row.usage_prompt_tokens,
-        usage_completion_tokens=row.usage_completion_tokens,
-        usage_dollars=from_nano(row.usage_dollars_nano),
-        usage_loops=row.usage_loops,
-        payload=row.payload or {},
         created_at=row.created_at,
     )
 
@@ -365,68 +347,3 @@ class RunStore(StoreBase):
         query = (ToolCallRow.select().where(ToolCallRow.run == run_id)
                  .order_by(ToolCallRow.step_index, ToolCallRow.created_at, ToolCallRow.id))
         return [tool_call_record(r) for r in query]
-
-    # --- checkpoints -----------------------------------------------------------------
-
-    @unit_of_work
-    def save_checkpoint(self, new: NewCheckpoint, now: datetime | None = None) -> Checkpoint:
-        """Append a checkpoint holding the run's usage now plus the caller's payload."""
-        now = now or self.clock()
-        with self.write():
-            run = self._locked_run(new.run_id)
-            row = CheckpointRow.create(
-                run=new.run_id,
-                step_index=new.step_index,
-                name=new.name,
-                usage_prompt_tokens=run.usage_prompt_tokens,
-                usage_completion_tokens=run.usage_completion_tokens,
-                usage_dollars_nano=run.usage_dollars_nano,
-                usage_loops=run.usage_loops,
-                payload=new.payload,
-                created_at=now,
-            )
-        return _checkpoint_record(row)
-
-    @unit_of_work
-    def latest_checkpoint(self, run_id: str) -> Checkpoint:
-        row = (CheckpointRow.select().where(CheckpointRow.run == run_id)
-               .order_by(CheckpointRow.id.desc()).first())
-        if row is None:
-            raise NotFound(f"run {run_id} has no checkpoint")
-        return _checkpoint_record(row)
-
-    @unit_of_work
-    def list_checkpoints(self, run_id: str) -> list[Checkpoint]:
-        self._must_exist(run_id)
-        query = CheckpointRow.select().where(CheckpointRow.run == run_id).order_by(CheckpointRow.id)
-        return [_checkpoint_record(r) for r in query]
-
-    @unit_of_work
-    def rollback_to_checkpoint(self, run_id: str, now: datetime | None = None) -> Run | None:
-        """Crash resume: set a running run's usage back to its latest checkpoint.
-
-        Only when the usage is ahead of the checkpoint; returns the updated
-        run, or None when nothing changed (no checkpoint, not ahead, not running).
-        """
-        now = now or self.clock()
-        with self.write():
-            run = self._locked_run(run_id)
-            if run.status != "running":
-                return None
-            cp = (CheckpointRow.select().where(CheckpointRow.run == run_id)
-                  .order_by(CheckpointRow.id.desc()).first())
-            if cp is None:
-                return None
-            ahead = (run.usage_prompt_tokens, run.usage_completion_tokens,
-                     run.usage_dollars_nano, run.usage_loops) != (
-                cp.usage_prompt_tokens, cp.usage_completion_tokens,
-                cp.usage_dollars_nano, cp.usage_loops)
-            if not ahead:
-                return None
-            rows = list(RunRow.update(usage_prompt_tokens=cp.usage_prompt_tokens,
-                                      usage_completion_tokens=cp.usage_completion_tokens,
-                                      usage_dollars_nano=cp.usage_dollars_nano,
-                                      usage_loops=cp.usage_loops, updated_at=now)
-                        .where(RunRow.id == run_id).returning(RunRow).execute())
-        return run_record(rows[0])
-

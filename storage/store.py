@@ -2,7 +2,8 @@
 
 Backends differ only in :mod:`storage.db`; the operations are grouped by
 concern in :mod:`storage.approvals`, :mod:`storage.runs`,
-:mod:`storage.ledger` and :mod:`storage.facts`. See :class:`StoreBase` for
+:mod:`storage.checkpoints`, :mod:`storage.ledger`, :mod:`storage.facts` and
+:mod:`storage.export`. See :class:`StoreBase` for
 how asyncio callers use it (``await store.run(store.method, ...)``).
 """
 
@@ -13,6 +14,7 @@ from datetime import datetime
 
 from storage import migrate as migrations
 from storage.approvals import ApprovalStore
+from storage.checkpoints import CheckpointStore
 from storage.clock import utcnow
 from storage.db import open_database
 from storage.export import ExportStore
@@ -20,7 +22,7 @@ from storage.facts import FactStore
 from storage.ledger import LedgerStore
 
 
-class Store(ApprovalStore, LedgerStore, FactStore, ExportStore):
+class Store(ApprovalStore, LedgerStore, CheckpointStore, FactStore, ExportStore):
     """Approvals, runs, steps, ledger, tool calls, checkpoints, facts and policies.
 
     Every method is one transaction and safe to call from many threads at
