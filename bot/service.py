@@ -18,7 +18,7 @@ import sys
 from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError
 
 from bot.approvals import ApprovalManager
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.expiry import schedule_expiry, sweep
 from bot.governance import Governance
 from bot.pgnotify import DecisionListener
@@ -84,6 +84,9 @@ class Service:
             log.info("applied migrations: %s", ", ".join(applied))
         await sweep(self.manager)
         await self.governance.recover()
+        # Agents can submit and wait while Telegram is still unreachable: requests are
+        # kept as owed messages and posted once the notifier runs.
+        await self._start_extras()
         await self._initialize_telegram()
         with contextlib.suppress(TelegramError):
             await self.app.bot.set_my_commands(BOT_COMMANDS)
@@ -96,7 +99,6 @@ class Service:
         await self.notifier.start()
         if self.listener is not None:
             await self.listener.start()
-        await self._start_extras()
         log.info("Tapgate is serving: %d approver chat(s), database %s",
                  len(self.settings.approver_chat_ids),
                  "postgresql" if is_postgres(self.store.db) else "sqlite")
@@ -108,7 +110,9 @@ class Service:
                 await self.app.initialize()
                 return
             except InvalidToken:
-                raise
+                # PTB's message quotes the token; the token is never printed or logged.
+                raise ConfigError("TAPGATE_TELEGRAM_TOKEN: rejected by Telegram (check the "
+                                  "token from @BotFather)") from None
             except (NetworkError, RetryAfter) as exc:
                 log.warning("Telegram unreachable (%s); retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -141,6 +145,9 @@ class Service:
         if self.app.running:
             await self.app.stop()
         await self.app.shutdown()
+        # A start that failed in getMe leaves the Bot's HTTP clients open; this closes
+        # them (and does nothing when app.shutdown() already did).
+        await self.app.bot.shutdown()
         if self._own_store:
             self.store.close()
 
@@ -153,9 +160,20 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     service = Service(settings)
     try:
-        await service.start()
-        tune_gc()
-        await stop.wait()
+        # A signal during start-up (say, while Telegram is unreachable and start
+        # retries) must stop the bot too, not wait for the start to finish.
+        starting = asyncio.create_task(service.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            stopping.cancel()
+            starting.result()  # a failed start raises here
+            tune_gc()
+            await stop.wait()
+        else:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
         log.info("stopping")
     finally:
         await service.stop()

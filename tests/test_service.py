@@ -135,3 +135,36 @@ async def test_policies_budgets_and_grants_over_the_socket(fake, service):
     await service.governance.drain()
     calls = await service.store.run(service.store.list_tool_calls, "r1")
     assert {c.tool: c.status for c in calls} == {"curl": "forbidden", "rm": "approved"}
+
+
+async def test_rejected_token_is_one_line_without_the_token(fake, db_url):
+    from bot.config import ConfigError
+
+    settings = settings_for(fake, db_url, telegram_token="999:SECRET-VALUE")
+    svc = Service(settings, with_socket=False)
+    with pytest.raises(ConfigError) as info:
+        await svc.start()
+    await svc.stop()
+    assert str(info.value).startswith("TAPGATE_TELEGRAM_TOKEN: rejected")
+    assert "SECRET" not in str(info.value)
+
+
+async def test_agents_submit_while_telegram_is_down_at_start(fake, db_url, sock_dir):
+    fake.set_down(True)
+    svc = Service(settings_for(fake, db_url, socket_path=sock_dir / "tapgate.sock"))
+    starting = asyncio.create_task(svc.start())
+    try:
+        await fake.wait_for_error("getMe")
+        while not svc.settings.socket_path.exists():
+            await asyncio.sleep(0.01)
+        async with AsyncTapgateClient(svc.settings.socket_path) as client:
+            approval = await client.request_approval("a", "shell", "during the outage")
+        fake.set_down(False)
+        await asyncio.wait_for(starting, 30)
+        msg = await posted(fake, CHAT_A, approval.id)
+        fake.tap(CHAT_A, msg.message_id, ALICE, button_text="✅ Approve")
+        assert (await svc.manager.wait(approval.id, 10)).status == "approved"
+    finally:
+        if not starting.done():
+            starting.cancel()
+        await svc.stop()
