@@ -321,3 +321,16 @@ async def test_group_chat_pacing_does_not_hold_up_private_taps(fake, sqlite_url)
         assert not [c for c in fake.calls if c.status == 429]
     finally:
         await svc.stop()
+
+
+async def test_stale_tap_on_a_pending_listing_leaves_the_listing(fake, service):
+    approval = await submit(service, summary="listed once")
+    await posted(fake, CHAT_A, approval.id)
+    fake.send_text(CHAT_A, ALICE, "/pending")
+    call = await fake.wait_for("sendMessage", lambda c: "Pending requests" in c.params["text"])
+    listing = fake.message(CHAT_A, call.response["result"]["message_id"])
+    await service.manager.resolve(approval.id, "denied", "telegram:1002 (@bob)")
+    query = fake.tap(CHAT_A, listing.message_id, ALICE, data=f"appr:{approval.id}:approve")
+    assert await answer_of(fake, query) == "Already denied by @bob"
+    await fake.wait_until(lambda: service.notifier.idle, what="notifier idle")
+    assert fake.message(CHAT_A, listing.message_id).edited_count == 0

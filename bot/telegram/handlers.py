@@ -81,7 +81,7 @@ async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     except AlreadyFinal as exc:
         await _answer(query, render.already_answer(exc.approval))
         message = query.message
-        if message is not None and _tracked_markup(message):
+        if message is not None and getattr(message, "reply_markup", None) is not None:
             fe.notifier.repair(message.chat.id, message.message_id, exc.approval)
         return
     except Exception:
@@ -90,15 +90,6 @@ async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         return
     await asyncio.sleep(0)  # let the woken agents' waits return before we build the answer
     await _answer(query, render.decided_answer(approval))
-
-
-def _tracked_markup(message) -> bool:
-    """Does the tapped message still show a request's own Approve/Deny pair?"""
-    markup = getattr(message, "reply_markup", None)
-    if markup is None:
-        return False
-    rows = markup.inline_keyboard
-    return len(rows) == 1 and len(rows[0]) == 2
 
 
 async def _allowed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:

@@ -89,8 +89,8 @@ class TelegramNotifier:
 
     @property
     def idle(self) -> bool:
-        """True when no worker is running (everything owed was paid or skipped)."""
-        return all(t.done() for t in self._workers.values())
+        """True when no worker or repair is running (everything owed was paid or skipped)."""
+        return all(t.done() for t in [*self._workers.values(), *self._repairs])
 
     # --- the per-chat worker ----------------------------------------------------------
 
@@ -176,12 +176,16 @@ class TelegramNotifier:
     # --- repairs ----------------------------------------------------------------------
 
     def repair(self, chat_id: int, message_id: int, approval: Approval) -> None:
-        """Re-render a message that still shows buttons for a final request (in a task)."""
+        """Re-render a request's message that still shows buttons although the request is
+        final (in a task). Only the request's own copies are touched: a ``/pending``
+        listing is a snapshot and stays as it is."""
         if not self._running:
             return
 
         async def _repair() -> None:
             ref = await self.store.run(self.store.find_message, chat_id, message_id)
+            if ref is None or ref.approval_id != approval.id:
+                return
             for attempt in range(5):
                 try:
                     await self._edit(chat_id, message_id, approval, ref)
