@@ -244,8 +244,10 @@ class Governance:
             payload={"tool": call.tool, "side_effect": call.side_effect,
                      "arguments": call.arguments},
             run_id=run.id, tool_call_id=tool_call.id)
+        # Only the link: the approval may already be decided and settled, and its
+        # status must not be set back to pending.
         tool_call = await self.store.run(self.store.set_tool_call_status, tool_call.id,
-                                         "pending_approval", approval.id)
+                                         None, approval.id)
         return tool_call, approval
 
     async def cancel_run(self, run_id: str, decided_by: str = "api") -> Run:

@@ -322,9 +322,13 @@ class RunStore(StoreBase):
         return tool_call_record(created)
 
     @unit_of_work
-    def set_tool_call_status(self, call_id: str, status: str,
+    def set_tool_call_status(self, call_id: str, status: str | None = None,
                              approval_id: str | None = None) -> ToolCall:
-        values = {"status": status}
+        """Set a tool call's status and/or its approval; a None leaves that field as is
+        (linking the approval must not overwrite a decision settled meanwhile)."""
+        values = {}
+        if status is not None:
+            values["status"] = status
         if approval_id is not None:
             values["approval_id"] = approval_id
         rows = list(ToolCallRow.update(values).where(ToolCallRow.id == call_id)

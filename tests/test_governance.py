@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -252,3 +253,30 @@ async def test_recover_rolls_running_runs_back_to_checkpoint(gov):
     await gov.recover()
     run = await gov.store.run(gov.store.get_run, "r1")
     assert run.usage_prompt_tokens == 10
+
+
+async def test_a_decision_settled_before_the_link_is_not_undone(gov, manager, store):
+    """The human may decide before append_tool_call links the approval to the call."""
+    await store.run(store.upsert_policy,
+                    PolicyUpsert(name="p", approval_rules=[ApprovalRule(tool="deploy")]))
+    await gov.upsert_run("r1", {"policy_ref": "p"})
+    decided = []
+
+    async def decide_at_once(approval, created):
+        if created and approval.tool_call_id:
+            final = await manager.resolve(approval.id, "approved", "cli")
+            await gov.settle(final)
+            decided.append(final)
+
+    manager.subscribe(lambda a, c: asyncio.get_running_loop().create_task(decide_at_once(a, c)))
+    original_submit = manager.submit
+
+    async def submit_then_decide(**kwargs):
+        approval, created = await original_submit(**kwargs)
+        while not decided:
+            await asyncio.sleep(0)
+        return approval, created
+
+    manager.submit = submit_then_decide
+    call, approval = await gov.append_tool_call(NewToolCall(run_id="r1", tool="deploy"))
+    assert call.status == "approved" and call.approval_id == approval.id
