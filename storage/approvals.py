@@ -282,12 +282,7 @@ class ApprovalStore(StoreBase):
     @unit_of_work
     def messages_owed(self, chat_id: int | None = None, limit: int = 200
                       ) -> list[tuple[MessageRef, Approval]]:
-        """Copies whose display lags their approval: never posted, or showing an old status.
-
-        A copy never posted of a request that is already final is owed nothing
-        (posting a dead request helps nobody); callers mark it with
-        :meth:`record_message` and the final status.
-        """
+        """Copies whose display lags their approval: never posted, or showing an old status."""
         query = (ApprovalMessageRow.select(ApprovalMessageRow, ApprovalRow)
                  .join(ApprovalRow)
                  .where((ApprovalMessageRow.shown.is_null())

@@ -334,3 +334,14 @@ async def test_stale_tap_on_a_pending_listing_leaves_the_listing(fake, service):
     assert await answer_of(fake, query) == "Already denied by @bob"
     await fake.wait_until(lambda: service.notifier.idle, what="notifier idle")
     assert fake.message(CHAT_A, listing.message_id).edited_count == 0
+
+
+async def test_request_decided_before_it_was_posted_is_posted_with_its_outcome(fake, service):
+    fake.set_down(True)
+    approval = await submit(service, summary="decided in the dark")
+    await fake.wait_for_error("sendMessage")
+    await service.manager.resolve(approval.id, "denied", "cli", "not needed")
+    fake.set_down(False)
+    msg = await posted(fake, CHAT_A, approval.id)
+    await edited_to(fake, CHAT_A, msg.message_id, "Denied by cli: not needed")
+    assert fake.message(CHAT_A, msg.message_id).edited_count == 0  # posted final, no edit

@@ -127,14 +127,14 @@ class TelegramNotifier:
     async def _pay(self, ref: MessageRef, approval: Approval) -> None:
         """Bring one copy in line with its approval."""
         if ref.message_id is None:
-            if approval.is_final:
-                # Never posted and already decided: nobody needs to see it now.
-                await self.store.run(self.store.record_message, ref.id, approval.status)
-                return
+            # A request decided before its copy reached this chat (a paced group, an
+            # outage) is still posted, showing its outcome and no buttons: the chat's
+            # history keeps every request.
+            markup = None if approval.is_final else render.request_keyboard(approval)
             try:
                 message = await self.bot.send_message(
                     ref.chat_id, render.request_text(approval), parse_mode=render.PARSE_MODE,
-                    reply_markup=render.request_keyboard(approval))
+                    reply_markup=markup)
             except (BadRequest, Forbidden) as exc:
                 self._give_up(ref, exc)
                 return
