@@ -91,8 +91,8 @@ class ApprovalStore(StoreBase):
 
     def _insert_message_sql(self) -> str:
         p = self.db.param
-        return (f'INSERT INTO "approval_message" ("approval_id", "chat_id", "updated_at") '
-                f"VALUES ({p}, {p}, {p})")
+        return (f'INSERT INTO "approval_message" ("approval_id", "chat_id", "updated_at", '
+                f'"owed") VALUES ({p}, {p}, {p}, {p})')
 
     def _transition_sql(self) -> str:
         p = self.db.param
@@ -130,7 +130,7 @@ class ApprovalStore(StoreBase):
                     sql = self.statement("approval_message.insert", self._insert_message_sql)
                     with peewee.__exception_wrapper__:
                         self.db.cursor().executemany(sql, [
-                            (approval_id, chat, to_text(now))
+                            (approval_id, chat, to_text(now), True)
                             for chat in dict.fromkeys(new.chat_ids)])
             approval = Approval(
                 id=approval_id, agent=new.agent, kind=new.kind, summary=new.summary,

@@ -76,6 +76,7 @@ class RunRow(BaseModel):
     usage_loops = IntegerField(default=0)
     metadata = JSONTextField(default=dict)
     alerted = JSONTextField(default=list)
+    owner_uid = IntegerField(null=True)
     created_at = TimestampField()
     updated_at = TimestampField()
 
@@ -117,6 +118,7 @@ class ApprovalRow(BaseModel):
     conversation_id = TextField(null=True)
     created_at = TimestampField()
     expires_at = TimestampField()
+    submitter_uid = IntegerField(null=True)
 
     class Meta:
         table_name = "approval"
@@ -129,6 +131,7 @@ class ApprovalMessageRow(BaseModel):
     message_id = BigIntegerField(null=True)
     shown = CharField(max_length=16, null=True)
     updated_at = TimestampField()
+    owed = BooleanField(default=True)
 
     class Meta:
         table_name = "approval_message"
@@ -187,6 +190,22 @@ class LedgerDailyRow(BaseModel):
         table_name = "ledger_daily"
 
 
+class BudgetAlertRow(BaseModel):
+    """The bot's own record of a budget alert (written with the usage that triggered it)."""
+
+    id = AutoField()
+    run = ForeignKeyField(RunRow, column_name="run_id")
+    key = CharField(max_length=64)
+    fields = JSONTextField(default=list)
+    what = TextField(default="")
+    approval_id = CharField(max_length=40, null=True)
+    settled_at = TimestampField(null=True)
+    created_at = TimestampField()
+
+    class Meta:
+        table_name = "budget_alert"
+
+
 class FactRow(BaseModel):
     id = AutoField()
     namespace = CharField(max_length=200)
@@ -242,4 +261,5 @@ ALL_MODELS = [
     FactRow,
     PolicyRow,
     CheckpointRow,
+    BudgetAlertRow,
 ]

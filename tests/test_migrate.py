@@ -107,16 +107,17 @@ def test_migrate_empty_database(fresh_url, open_store):
     store = open_store(fresh_url)
     status = store.migration_status()
     assert [(s.index, s.name, s.known, s.applied) for s in status] == [
-        (1, "0001_initial", True, None)]
+        (1, "0001_initial", True, None), (2, "0002_trust", True, None)]
     store.check_schema()  # an empty database is not too new
     assert current_version(store.db) == 0
 
-    assert store.migrate() == ["0001_initial"]
+    assert store.migrate() == ["0001_initial", "0002_trust"]
     assert store.migrate() == []
     status = store.migration_status()
-    assert [(s.index, s.name, s.known) for s in status] == [(1, "0001_initial", True)]
-    assert status[0].applied is not None
-    assert current_version(store.db) == 1
+    assert [(s.index, s.name, s.known) for s in status] == [(1, "0001_initial", True),
+                                                            (2, "0002_trust", True)]
+    assert all(s.applied is not None for s in status)
+    assert current_version(store.db) == 2
     store.check_schema()
     assert {m._meta.table_name for m in ALL_MODELS} | {"schema_migration"} == tables(fresh_url)
 
@@ -139,20 +140,20 @@ def test_a_newer_schema_is_refused_and_left_alone(fresh_url, open_store):
     store = open_store(fresh_url)
     with pytest.raises(SchemaTooNew) as info:
         store.migrate()
-    assert "on-disk v9999 > binary v1" in str(info.value)
+    assert "on-disk v9999 > binary v2" in str(info.value)
     assert "9999_future" in str(info.value)
     assert (info.value.on_disk, info.value.binary, info.value.unknown) == (
-        9999, 1, ["9999_future"])
+        9999, 2, ["9999_future"])
     assert snapshot(fresh_url) == before
 
     with pytest.raises(SchemaTooNew) as info:
         store.check_schema()
-    assert "on-disk v9999 > binary v1" in str(info.value)
+    assert "on-disk v9999 > binary v2" in str(info.value)
     assert snapshot(fresh_url) == before
 
     status = store.migration_status()
     assert [(s.name, s.known, s.applied is not None) for s in status] == [
-        ("0001_initial", True, True), ("9999_future", False, True)]
+        ("0001_initial", True, True), ("0002_trust", True, True), ("9999_future", False, True)]
     assert snapshot(fresh_url) == before
 
 
@@ -169,7 +170,7 @@ def test_a_newer_schema_is_refused_before_anything_is_created(fresh_url, open_st
     add_future_migration(fresh_url)
     before = snapshot(fresh_url)
     store = open_store(fresh_url)
-    with pytest.raises(SchemaTooNew, match=r"on-disk v9999 > binary v1"):
+    with pytest.raises(SchemaTooNew, match=r"on-disk v9999 > binary v2"):
         store.migrate()
     assert tables(fresh_url) == {"schema_migration"}
     assert snapshot(fresh_url) == before
@@ -198,9 +199,9 @@ def test_concurrent_migrations_apply_once(fresh_url):
         t.join(60)
         assert not t.is_alive()
     assert errors == []
-    assert sorted(results) == [[], [], [], ["0001_initial"]]
+    assert sorted(results) == [[], [], [], ["0001_initial", "0002_trust"]]
     history = snapshot(fresh_url)[1]
-    assert [row[1] for row in history] == ["0001_initial"]
+    assert [row[1] for row in history] == ["0001_initial", "0002_trust"]
 
 
 @pytest.mark.parametrize("url", [
