@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///tapgate.db"
     socket_path: Path = Path("tapgate.sock")
     socket_allowed_uids: IntList = Field(default_factory=list)
+    socket_admin_uids: IntList = Field(default_factory=list)
+    socket_server_uid: int | None = Field(None, ge=0)
     default_ttl: float = 24 * 3600.0
     expiry_interval: float = 30.0
     default_budget_tokens: int = Field(0, ge=0)
@@ -75,7 +77,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     _lists = field_validator("approver_chat_ids", "approver_user_ids", "socket_allowed_uids",
-                             mode="before")(_int_list)
+                             "socket_admin_uids", mode="before")(_int_list)
 
     @field_validator("default_ttl", "expiry_interval", mode="before")
     @classmethod
@@ -112,9 +114,24 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     @property
-    def allowed_uids(self) -> list[int]:
-        """Peer uids allowed on the socket (default: the bot's own uid)."""
+    def admin_uids(self) -> list[int]:
+        """Peer uids that may do everything on the socket (default: the bot's own uid)."""
+        return self.socket_admin_uids or [os.getuid()]
+
+    @property
+    def agent_uids(self) -> list[int]:
+        """Peer uids of agents: submit, wait, record their work, read (default: the bot's uid)."""
         return self.socket_allowed_uids or [os.getuid()]
+
+    @property
+    def allowed_uids(self) -> list[int]:
+        """Every peer uid allowed on the socket: the agents' and the admins'."""
+        return list(dict.fromkeys([*self.admin_uids, *self.agent_uids]))
+
+    @property
+    def expected_server_uid(self) -> int:
+        """The uid clients require at the server end of the socket (default: their own)."""
+        return os.getuid() if self.socket_server_uid is None else self.socket_server_uid
 
     def require_for_run(self) -> None:
         """Check what ``tapgate run`` needs beyond the defaults."""
