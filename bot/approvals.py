@@ -53,7 +53,7 @@ class ApprovalManager:
     async def submit(self, *, agent: str, kind: str, summary: str, payload: Any = None,
                      ttl_seconds: float | None = None, run_id: str | None = None,
                      tool_call_id: str | None = None, idempotency_key: str | None = None,
-                     ) -> tuple[Approval, bool]:
+                     submitter_uid: int | None = None) -> tuple[Approval, bool]:
         """Persist a request (and its owed Telegram messages), then announce it.
 
         Returns ``(approval, created)``; ``created`` is False for a repeated
@@ -62,7 +62,7 @@ class ApprovalManager:
         new = NewApproval(agent=agent, kind=kind, summary=summary, payload=payload,
                           ttl_seconds=ttl_seconds or self.default_ttl, run_id=run_id,
                           tool_call_id=tool_call_id, idempotency_key=idempotency_key,
-                          chat_ids=self.chat_ids)
+                          chat_ids=self.chat_ids, submitter_uid=submitter_uid)
         approval, created = await self.store.run(self.store.create_approval, new)
         if created:
             self._publish(approval, created=True)
@@ -166,6 +166,12 @@ class ApprovalManager:
         if approval.is_final:
             for future in list(self._waiters.get(approval_id, ())):
                 _settle(future, approval)
+
+    async def wake_all(self) -> None:
+        """Wake the waits whose request became final unheard (e.g. while the LISTEN
+        connection was down): re-read every request that has waiters here."""
+        for approval_id in list(self._waiters):
+            await self.wake(approval_id)
 
     @property
     def waiting(self) -> int:

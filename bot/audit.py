@@ -3,6 +3,7 @@
 One naming scheme throughout (the snake_case record fields of DESIGN.md),
 one ``type`` column saying which record a row is. Rows are read and written
 page by page, so a million ledger rows need a page of memory, not a million.
+CSV cells that a spreadsheet would run as formulas are neutralized.
 """
 
 from __future__ import annotations
@@ -18,13 +19,25 @@ CSV_COLUMNS = [
     "type", "id", "run_id", "step_index", "created_at",
     # approvals
     "agent", "kind", "summary", "payload", "status", "reason", "decided_by", "decided_at",
-    "expires_at", "tool_call_id",
+    "expires_at", "tool_call_id", "submitter_uid",
     # tool calls
     "tool", "side_effect", "arguments", "approval_id",
     # ledger
     "provider", "model", "prompt_tokens", "completion_tokens", "cached_tokens", "dollars",
     "priced", "price_version", "response_id",
 ]
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralize(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula, made inert (OWASP, "CSV
+    Injection"): a leading ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a
+    single quote in front. Numbers and other cells are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def audit_rows(store: Store, run_id: str | None = None) -> Iterator[dict[str, Any]]:
@@ -56,6 +69,6 @@ def export(store: Store, out: IO[str], fmt: str = "jsonl", run_id: str | None = 
         for key in ("payload", "arguments"):
             if key in row and not isinstance(row[key], str | type(None)):
                 row[key] = json.dumps(row[key], ensure_ascii=False)
-        writer.writerow(row)
+        writer.writerow({key: neutralize(value) for key, value in row.items()})
         count += 1
     return count

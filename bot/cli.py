@@ -46,12 +46,16 @@ def _duration(text: str) -> float:
 
 
 def _instant(text: str) -> datetime:
+    """``--since``/``--until``: parsed and bounded by :func:`bot.window.parse_instant`.
+
+    A bad time is one line and exit 2 (not argparse's usage block): it is a value
+    error, like every other error of the command line."""
     from bot.window import parse_instant
 
     try:
         return parse_instant(text)
     except TapgateError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise SystemExit(fail(str(exc))) from None
 
 
 def _payload(text: str) -> Any:
@@ -196,15 +200,19 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_request(args: argparse.Namespace, settings: Settings) -> int:
+    """Submit; with ``--wait``, wait for the decision across restarts of the bot (until
+    SECONDS pass, or the request's expiry for a bare ``--wait``). A socket served by
+    another uid than ``TAPGATE_SOCKET_SERVER_UID`` (default: ours) is refused."""
     from bot.client import TapgateClient
 
-    with TapgateClient(settings.socket_path) as client:
+    with TapgateClient(settings.socket_path, server_uid=settings.expected_server_uid) as client:
         approval = client.request_approval(
             args.agent, args.kind, args.summary, payload=args.payload, ttl_seconds=args.ttl,
             run_id=args.run_id, idempotency_key=args.idempotency_key)
         if args.wait is not None:
             timeout = None if args.wait == UNTIL_EXPIRY else args.wait
-            approval = client.wait_for_decision(approval.id, timeout)
+            # The record, not its id: its expiry bounds the wait through an outage.
+            approval = client.wait_for_decision(approval, timeout)
     out(approval.model_dump_json(indent=2))
     return EXIT_BY_STATUS[approval.status] if args.wait is not None else 0
 
@@ -302,10 +310,22 @@ def cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
         if args.out is None:
             export(store, sys.stdout, args.format, args.run_id)
             return 0
-        with open(args.out, "w", encoding="utf-8", newline="") as f:
+        with _private_file(args.out) as f:
             count = export(store, f, args.format, args.run_id)
     print(f"wrote {count:,} rows to {args.out}", file=sys.stderr)
     return 0
+
+
+def _private_file(path: str):
+    """Open ``path`` for writing, created (or reset to) mode 0600: an audit trail holds
+    every payload and decision, for its owner's eyes only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed by the caller)
 
 
 def cmd_policy_apply(args: argparse.Namespace, settings: Settings) -> int:

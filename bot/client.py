@@ -7,28 +7,28 @@ Imports only httpx, the wire models (:mod:`bot.api.schemas`) and the records
 
     with TapgateClient("/run/tapgate/tapgate.sock") as tg:
         approval = tg.request_approval("deploy-bot", "shell", "rm -rf build/")
-        approval = tg.wait_for_decision(approval.id, timeout=600)
+        approval = tg.wait_for_decision(approval, timeout=600)
 
     @requires_approval("shell", summary=lambda cmd: f"run {cmd}")
     def run(cmd: str) -> None: ...
 
 Every error the server answers raises :class:`ClientError` (``status``,
 ``code``, ``message``, ``details``); an unreachable socket raises
-:class:`ConnectionFailed`, naming the path. The socket path defaults to
+:class:`ConnectionFailed`, naming the path; a socket served by another uid than
+the expected one raises :class:`WrongServer` before anything is sent (see
+:mod:`bot.client_transport`). The socket path defaults to
 ``$TAPGATE_SOCKET_PATH``, else ``tapgate.sock``.
 """
 from __future__ import annotations
 
-import functools
-import inspect
+import asyncio
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from bot.api.schemas import MAX_SUMMARY, Health, ToolCallResult
+from bot.api.schemas import Health, ToolCallResult
 from bot.client_calls import (
     DEFAULT_TIMEOUT,
     ApprovalDenied,
@@ -38,11 +38,11 @@ from bot.client_calls import (
     When,
     _Base,
     _Call,
-    _over,
+    _Patience,
     _Routes,
-    _slice,
-    _sync_transport,
 )
+from bot.client_decorator import requires_approval
+from bot.client_transport import WrongServer, async_transport, resolve_server_uid, sync_transport
 from storage.records import (
     Approval,
     Checkpoint,
@@ -57,7 +57,7 @@ from storage.records import (
 )
 
 __all__ = ["ApprovalDenied", "ApprovalExpired", "AsyncTapgateClient", "ClientError",
-           "ConnectionFailed", "TapgateClient", "requires_approval"]
+           "ConnectionFailed", "TapgateClient", "WrongServer", "requires_approval"]
 
 
 # --- the sync client -------------------------------------------------------------------------
@@ -66,16 +66,20 @@ __all__ = ["ApprovalDenied", "ApprovalExpired", "AsyncTapgateClient", "ClientErr
 class TapgateClient(_Base):
     """Blocking client over the Unix socket (httpx); use it as a context manager.
 
-    Runs: ``put_run(id, name=..., budget_tokens=..., metadata=...)``; steps:
-    ``put_step(id, index, prompt_tokens=...)``; the ledger: ``record_call(run_id,
-    model, provider=..., prompt_tokens=...)`` (priced by the server when no
-    ``dollars``) or ``record_calls([...])`` (all or nothing).
+    ``server_uid`` (a uid or a user name; default ``$TAPGATE_SOCKET_SERVER_UID``,
+    else the client's own uid) is the only uid trusted to serve the socket: every
+    new connection checks it (``SO_PEERCRED``) and raises :class:`WrongServer`
+    otherwise. Runs: ``put_run(id, name=..., budget_tokens=..., metadata=...)``;
+    steps: ``put_step(id, index, prompt_tokens=...)``; the ledger:
+    ``record_call(run_id, model, provider=..., prompt_tokens=...)`` (priced by the
+    server when no ``dollars``) or ``record_calls([...])`` (all or nothing).
     """
 
     def __init__(self, socket_path: str | os.PathLike | None = None,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float = DEFAULT_TIMEOUT, *, server_uid: int | str | None = None):
         super().__init__(socket_path, timeout)
-        self._http = httpx.Client(transport=_sync_transport(self.socket_path),
+        self.server_uid = resolve_server_uid(server_uid)
+        self._http = httpx.Client(transport=sync_transport(self.socket_path, self.server_uid),
                                   base_url="http://tapgate", timeout=timeout)
 
     def __enter__(self) -> TapgateClient:
@@ -105,14 +109,26 @@ class TapgateClient(_Base):
         """The request; with ``wait`` (0..300 s) held until it is final or the wait ends."""
         return self._send(_Routes.get_approval(approval_id, wait))
 
-    def wait_for_decision(self, approval_id: str, timeout: float | None = None) -> Approval:
+    def wait_for_decision(self, approval: str | Approval, timeout: float | None = None
+                          ) -> Approval:
         """Long-poll (slices of at most 300 s) until the request is final or ``timeout``
-        seconds pass (None: until it is decided or expires); its state then."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        seconds pass (None: until it is decided or expires); its state then.
+
+        A restart of the bot is waited out: while the socket is gone, refuses
+        connections or answers 503, it is retried with backoff for as long as the
+        wait and the request's expiry allow (give the :class:`Approval` itself, not
+        its id, so the expiry is known before the first answer), then the last
+        failure is raised saying so.
+        """
+        patience = _Patience(approval, timeout)
         while True:
-            approval = self.get_approval(approval_id, _slice(deadline))
-            if approval.is_final or _over(deadline):
-                return approval
+            try:
+                current = self.get_approval(patience.id, patience.slice())
+            except ClientError as exc:
+                time.sleep(patience.pause(exc))  # pause() raises what is not to be retried
+                continue
+            if patience.done(current):
+                return current
 
     def cancel_approval(self, approval_id: str, reason: str | None = None) -> Approval:
         return self._send(_Routes.cancel_approval(approval_id, reason))
@@ -195,13 +211,16 @@ class TapgateClient(_Base):
 
 
 class AsyncTapgateClient(_Base):
-    """The same API as :class:`TapgateClient`, every method a coroutine (httpx.AsyncClient)."""
+    """The same API as :class:`TapgateClient`, every method a coroutine (httpx.AsyncClient),
+    with the same check of the uid serving the socket."""
 
     def __init__(self, socket_path: str | os.PathLike | None = None,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 timeout: float = DEFAULT_TIMEOUT, *, server_uid: int | str | None = None):
         super().__init__(socket_path, timeout)
-        self._http = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=self.socket_path),
-                                       base_url="http://tapgate", timeout=timeout)
+        self.server_uid = resolve_server_uid(server_uid)
+        self._http = httpx.AsyncClient(
+            transport=async_transport(self.socket_path, self.server_uid),
+            base_url="http://tapgate", timeout=timeout)
 
     async def __aenter__(self) -> AsyncTapgateClient:
         return self
@@ -228,13 +247,18 @@ class AsyncTapgateClient(_Base):
     async def get_approval(self, approval_id: str, wait: float | None = None) -> Approval:
         return await self._send(_Routes.get_approval(approval_id, wait))
 
-    async def wait_for_decision(self, approval_id: str, timeout: float | None = None
+    async def wait_for_decision(self, approval: str | Approval, timeout: float | None = None
                                 ) -> Approval:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """As :meth:`TapgateClient.wait_for_decision`, restarts of the bot included."""
+        patience = _Patience(approval, timeout)
         while True:
-            approval = await self.get_approval(approval_id, _slice(deadline))
-            if approval.is_final or _over(deadline):
-                return approval
+            try:
+                current = await self.get_approval(patience.id, patience.slice())
+            except ClientError as exc:
+                await asyncio.sleep(patience.pause(exc))  # raises what is not to be retried
+                continue
+            if patience.done(current):
+                return current
 
     async def cancel_approval(self, approval_id: str, reason: str | None = None) -> Approval:
         return await self._send(_Routes.cancel_approval(approval_id, reason))
@@ -314,101 +338,3 @@ class AsyncTapgateClient(_Base):
 
     async def health(self) -> Health:
         return await self._send(_Routes.health())
-
-
-# --- the decorator ---------------------------------------------------------------------------
-
-
-def _describe(fn: Callable, args: tuple, kwargs: dict) -> str:
-    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
-    return f"{fn.__name__}({', '.join(parts)})"
-
-
-def _truncate(text: str, limit: int = MAX_SUMMARY) -> str:
-    text = text or "(empty)"
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def _outcome(approval: Approval) -> None:
-    """Return if approved; raise ApprovalDenied or ApprovalExpired otherwise."""
-    if approval.status == "approved":
-        return
-    if approval.status == "denied":
-        raise ApprovalDenied(approval)
-    raise ApprovalExpired(approval)
-
-
-def requires_approval(kind: str, summary: str | Callable[..., str] | None = None, *,
-                      agent: str | None = None, payload: Callable[..., Any] | None = None,
-                      ttl_seconds: float | None = None,
-                      socket_path: str | os.PathLike | None = None,
-                      timeout: float | None = None) -> Callable[[Callable], Callable]:
-    """Make a function (sync or async) wait for a human's approval before it runs.
-
-    Each call submits a request of ``kind`` — ``summary`` is a string, a
-    callable given the call's arguments, or by default the function's name
-    and the repr of its arguments (truncated to 500 characters); ``payload``
-    likewise builds the JSON payload; ``agent`` defaults to the function's
-    module — and waits for the decision (``timeout`` seconds; None = until it
-    expires). Approved: the function runs and its result is returned.
-    Denied: :class:`ApprovalDenied` (with the reason and who decided).
-    Expired, cancelled, or still pending at ``timeout`` (then it is withdrawn):
-    :class:`ApprovalExpired`. The function does not run in those cases.
-    """
-
-    def build(fn: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
-        text = summary(*args, **kwargs) if callable(summary) else summary
-        return {
-            "agent": agent or fn.__module__ or "python",
-            "kind": kind,
-            "summary": _truncate(text if text is not None else _describe(fn, args, kwargs)),
-            "payload": payload(*args, **kwargs) if payload is not None else None,
-            "ttl_seconds": ttl_seconds,
-        }
-
-    def decorate(fn: Callable) -> Callable:
-        if inspect.iscoroutinefunction(fn):
-            @functools.wraps(fn)
-            async def run_async(*args: Any, **kwargs: Any) -> Any:
-                async with AsyncTapgateClient(socket_path) as client:
-                    approval = await client.request_approval(**build(fn, args, kwargs))
-                    approval = await client.wait_for_decision(approval.id, timeout)
-                    if not approval.is_final:
-                        approval = await _withdraw_async(client, approval)
-                _outcome(approval)
-                return await fn(*args, **kwargs)
-
-            return run_async
-
-        @functools.wraps(fn)
-        def run_sync(*args: Any, **kwargs: Any) -> Any:
-            with TapgateClient(socket_path) as client:
-                approval = client.request_approval(**build(fn, args, kwargs))
-                approval = client.wait_for_decision(approval.id, timeout)
-                if not approval.is_final:
-                    approval = _withdraw(client, approval)
-            _outcome(approval)
-            return fn(*args, **kwargs)
-
-        return run_sync
-
-    return decorate
-
-
-def _withdraw(client: TapgateClient, approval: Approval) -> Approval:
-    """Cancel a request nobody decided in time (a decision that wins the race stands)."""
-    try:
-        return client.cancel_approval(approval.id, "the caller stopped waiting")
-    except ClientError as exc:
-        if exc.status == 409:
-            return client.get_approval(approval.id)
-        raise
-
-
-async def _withdraw_async(client: AsyncTapgateClient, approval: Approval) -> Approval:
-    try:
-        return await client.cancel_approval(approval.id, "the caller stopped waiting")
-    except ClientError as exc:
-        if exc.status == 409:
-            return await client.get_approval(approval.id)
-        raise

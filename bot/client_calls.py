@@ -1,5 +1,6 @@
 """Wire plumbing shared by the sync and async clients: errors, the calls (what to send
-and how to read the answer, built once), the base class and the socket transport.
+and how to read the answer, built once), the base class and how a wait for a decision
+rides out a restart of the bot (the socket transport is in :mod:`bot.client_transport`).
 
 Imports only httpx, the wire models and the records: no server dependencies.
 """
@@ -8,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
 
-import httpcore
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
@@ -57,6 +56,7 @@ class ConnectionFailed(ClientError):
 
     def __init__(self, socket_path: str, reason: str):
         self.socket_path = socket_path
+        self.reason = reason
         super().__init__(0, "connection_error", f"cannot reach tapgate at {socket_path}: {reason}")
 
 
@@ -308,37 +308,78 @@ def _over(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
 
-class _ClosingSyncBackend(httpcore.SyncBackend):
-    """httpcore's sync backend, except that a failed Unix-socket connect closes its socket.
+# --- waiting for a decision across a restart of the bot --------------------------------------
 
-    httpcore 1.0 leaves that socket to the garbage collector (a ResourceWarning
-    on every "tapgate is not running"); its own streams are reused as they are.
+
+class _Patience:
+    """One wait for a decision: what to long-poll next, and how to ride out a bot that is
+    down or restarting.
+
+    A refused or broken connection (:class:`ConnectionFailed`) or a 503 is retried with
+    backoff (0.1 s doubling to 2 s) until the wait's own deadline or the request's
+    ``expires_at``, whichever comes first: past its expiry nothing can approve the
+    request any more. The expiry is known from the :class:`Approval` the wait was
+    given, else from the first answer; with neither it nor a timeout nothing bounds the
+    wait, so such a failure is raised at once. Any other error (a refused server uid,
+    a 404, a timeout of a hung server) is raised at once too.
     """
 
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Any = None) -> httpcore.NetworkStream:
-        from httpcore._backends.sync import SyncStream
+    FIRST_DELAY, MAX_DELAY = 0.1, 2.0
 
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            for option in socket_options or ():
-                sock.setsockopt(*option)
-            sock.settimeout(timeout)
-            sock.connect(path)
-        except TimeoutError as exc:
-            sock.close()
-            raise httpcore.ConnectTimeout(str(exc)) from exc
-        except OSError as exc:
-            sock.close()
-            raise httpcore.ConnectError(str(exc)) from exc
-        return SyncStream(sock)
+    def __init__(self, approval: str | Approval, timeout: float | None):
+        is_record = isinstance(approval, Approval)
+        self.id: str = approval.id if is_record else approval
+        self.expires_at: datetime | None = approval.expires_at if is_record else None
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self._delay = self.FIRST_DELAY
 
+    def slice(self) -> float:
+        """The wait of the next long-poll."""
+        return _slice(self.deadline)
 
-def _sync_transport(path: str) -> httpx.HTTPTransport:
-    transport = httpx.HTTPTransport(uds=path)
-    pool = getattr(transport, "_pool", None)
-    if hasattr(pool, "_network_backend"):
-        pool._network_backend = _ClosingSyncBackend()
-    return transport
+    def done(self, approval: Approval) -> bool:
+        """Note an answer; true when the wait is over (decided, or out of time)."""
+        self.expires_at = approval.expires_at
+        self._delay = self.FIRST_DELAY  # the next outage starts its backoff afresh
+        return approval.is_final or _over(self.deadline)
 
+    def pause(self, exc: ClientError) -> float:
+        """Seconds to sleep before trying again after ``exc``; raises ``exc`` (or, once
+        the wait may go on no longer, a copy saying so) when it must not be retried."""
+        if not (isinstance(exc, ConnectionFailed) or exc.status == 503):
+            raise exc
+        left = self._left()
+        if left is None:
+            raise exc
+        if left <= 0:
+            raise self._gave_up(exc) from None
+        # Sleeping at most what is left makes the last attempt fall on the limit itself.
+        delay = min(self._delay, left)
+        self._delay = min(self._delay * 2, self.MAX_DELAY)
+        return delay
 
+    def _expiry_left(self) -> float | None:
+        if self.expires_at is None:
+            return None
+        expires = self.expires_at
+        if expires.tzinfo is None:  # the server speaks UTC
+            expires = expires.replace(tzinfo=UTC)
+        return (expires - datetime.now(UTC)).total_seconds()
+
+    def _left(self) -> float | None:
+        limits = [x for x in (self._expiry_left(),
+                              None if self.deadline is None else self.deadline - time.monotonic())
+                  if x is not None]
+        return min(limits) if limits else None
+
+    def _gave_up(self, exc: ClientError) -> ClientError:
+        expiry = self._expiry_left()
+        if expiry is not None and expiry <= 0:
+            why = (f"gave up waiting for {self.id}: it expired at "
+                   f"{self.expires_at.isoformat(timespec='seconds')} meanwhile")
+        else:
+            why = f"gave up waiting for {self.id} after {self.timeout:g}s"
+        if isinstance(exc, ConnectionFailed):
+            return ConnectionFailed(exc.socket_path, f"{exc.reason}; {why}")
+        return ClientError(exc.status, exc.code, f"{exc.message}; {why}", exc.details)

@@ -7,6 +7,7 @@ person can fix it without reading a traceback (``tapgate run`` exits 2).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 from pathlib import Path
 from typing import Annotated
@@ -67,7 +68,7 @@ class Settings(BaseSettings):
     socket_path: Path = Path("tapgate.sock")
     socket_allowed_uids: IntList = Field(default_factory=list)
     socket_admin_uids: IntList = Field(default_factory=list)
-    socket_server_uid: int | None = Field(None, ge=0)
+    socket_server_uid: int | None = Field(None, ge=0)  # a uid or a user name in the env
     default_ttl: float = 24 * 3600.0
     expiry_interval: float = 30.0
     default_budget_tokens: int = Field(0, ge=0)
@@ -78,6 +79,18 @@ class Settings(BaseSettings):
 
     _lists = field_validator("approver_chat_ids", "approver_user_ids", "socket_allowed_uids",
                              "socket_admin_uids", mode="before")(_int_list)
+
+    @field_validator("socket_server_uid", mode="before")
+    @classmethod
+    def _uid(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, str) and not value.strip().isdigit():
+            try:
+                return pwd.getpwnam(value.strip()).pw_uid
+            except KeyError:
+                raise ValueError(f"no user named {value.strip()!r}") from None
+        return value
 
     @field_validator("default_ttl", "expiry_interval", mode="before")
     @classmethod

@@ -14,15 +14,23 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Iterable
 
 from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError
 
+from bot import redact
 from bot.approvals import ApprovalManager
 from bot.config import ConfigError, Settings
 from bot.expiry import schedule_expiry, sweep
 from bot.governance import Governance
 from bot.pgnotify import DecisionListener
-from bot.telegram.app import ALLOWED_UPDATES, BOT_COMMANDS, POLL_TIMEOUT, build_application
+from bot.telegram.app import (
+    ALLOWED_UPDATES,
+    BOT_COMMANDS,
+    POLL_TIMEOUT,
+    build_application,
+    stop_handling,
+)
 from storage.db import is_postgres
 from storage.records import Budgets
 from storage.store import Store
@@ -30,8 +38,14 @@ from storage.store import Store
 log = logging.getLogger("tapgate")
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+    """Log to stderr at ``level``; ``secrets`` (the bot token) never appear in any line.
+
+    PTB logs its API URLs, which contain the token, at DEBUG; the filter sits on the
+    root handlers so it covers every logger, level, argument and traceback.
+    """
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redact.install(secrets)
     # httpx logs every request URL at INFO, and the URL contains the bot token.
     for noisy in ("httpx", "httpcore", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -91,6 +105,7 @@ class Service:
         with contextlib.suppress(TelegramError):
             await self.app.bot.set_my_commands(BOT_COMMANDS)
         schedule_expiry(self.app, self.manager, self.settings.expiry_interval)
+        self._schedule_alert_delivery()
         await self.app.start()
         # Pending updates are kept (taps made while the bot was down still count).
         await self.app.updater.start_polling(
@@ -102,6 +117,18 @@ class Service:
         log.info("Tapgate is serving: %d approver chat(s), database %s",
                  len(self.settings.approver_chat_ids),
                  "postgresql" if is_postgres(self.store.db) else "sqlite")
+
+    def _schedule_alert_delivery(self) -> None:
+        """Post owed budget alerts on the expiry job's schedule (a delivery that failed
+        after a ledger append committed is retried here)."""
+
+        async def job(context) -> None:
+            await self.governance.deliver_alerts()
+
+        interval = self.settings.expiry_interval
+        self.app.job_queue.run_repeating(job, interval=interval, first=interval,
+                                         name="tapgate-alerts",
+                                         job_kwargs={"max_instances": 1, "coalesce": True})
 
     async def _initialize_telegram(self) -> None:
         delay = 1.0
@@ -130,7 +157,8 @@ class Service:
     def _socket_kwargs(self) -> dict:
         from bot.pricing import Pricer
 
-        return {"pricer": Pricer(), "governance": self.governance}
+        return {"pricer": Pricer(), "governance": self.governance,
+                "admin_uids": self.settings.admin_uids}
 
     async def stop(self) -> None:
         """Stop in reverse order; unfinished Telegram edits stay owed for the next start."""
@@ -143,6 +171,7 @@ class Service:
         if self.app.updater.running:
             await self.app.updater.stop()
         if self.app.running:
+            await stop_handling(self.app)  # handlers held by a group's pacer must not hold this
             await self.app.stop()
         await self.app.shutdown()
         # A start that failed in getMe leaves the Bot's HTTP clients open; this closes
@@ -181,6 +210,7 @@ async def serve(settings: Settings) -> None:
 
 def run_service(settings: Settings) -> int:
     """Entry point of ``tapgate run``; returns the exit code."""
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, redact.token_secrets(
+        settings.telegram_token.get_secret_value() if settings.telegram_token else None))
     asyncio.run(serve(settings))
     return 0

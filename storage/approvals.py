@@ -4,6 +4,12 @@ Every status change is one compare-and-set
 (``UPDATE ... WHERE id=? AND status='pending' AND expires_at > now RETURNING *``):
 whoever races, exactly one caller gets the row back. A request past its
 ``expires_at`` counts as final for every transition, swept or not.
+
+Each Telegram copy (``approval_message``) carries ``owed``: set in the same
+transaction as every transition of its approval, cleared only when the copy is
+recorded showing the approval's current status. The notifier reads owed copies
+through the partial index ``approval_message_owed``, so finding them costs what
+is owed, not the size of the message history.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import json
 import re
 import secrets
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import peewee
 
 from storage.base import StoreBase, columns, decoder, grouped, translated_errors, unit_of_work
 from storage.clock import from_text, to_text
+from storage.db import is_postgres
 from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotFound
 from storage.models import ApprovalMessageRow, ApprovalRow
 from storage.records import Approval, MessageRef, NewApproval
@@ -61,6 +69,7 @@ def approval_record(row: ApprovalRow) -> Approval:
         tool_call_id=row.tool_call_id,
         created_at=row.created_at,
         expires_at=row.expires_at,
+        submitter_uid=row.submitter_uid,
     )
 
 
@@ -76,9 +85,35 @@ def _message_record(row: ApprovalMessageRow) -> MessageRef:
 
 
 _decode_approval = decoder(ApprovalRow)
+_decode_message = decoder(ApprovalMessageRow)
+_MESSAGE_WIDTH = len(ApprovalMessageRow._meta.sorted_fields)
+# Which owed copies go first: still-pending requests (newest first), then edits of
+# posted copies, then requests decided before their copy was ever posted (a backlog
+# the notifier may fold into one digest), so a backlog never delays live requests.
+_OWED_ORDER = ('CASE WHEN a."status" = \'pending\' THEN 0 WHEN m."message_id" IS NOT NULL '
+               'THEN 1 ELSE 2 END, CASE WHEN a."status" = \'pending\' THEN -m."id" '
+               'ELSE m."id" END')
+_CHUNK = 500  # ids per IN (...) list: far below every backend's parameter limit
+
+
+class UnpostedOutcome(NamedTuple):
+    """A copy never posted whose request is already decided (what a digest lists)."""
+
+    ref_id: int
+    approval_id: str
+    kind: str
+    status: str
+
+
+def mark_copies_owed(approval_ids: list[str]) -> None:
+    """Inside a transition's transaction: every copy of these approvals is owed again."""
+    for start in range(0, len(approval_ids), _CHUNK):
+        chunk = approval_ids[start:start + _CHUNK]
+        (ApprovalMessageRow.update(owed=True)
+         .where(ApprovalMessageRow.approval.in_(chunk)).execute())
 _INSERT_COLUMNS = ("id", "agent", "kind", "summary", "payload", "status", "run_id",
                    "tool_call_id", "idempotency_key", "fingerprint", "callback_data", "adapter",
-                   "created_at", "expires_at")
+                   "created_at", "expires_at", "submitter_uid")
 
 
 class ApprovalStore(StoreBase):
@@ -103,6 +138,9 @@ class ApprovalStore(StoreBase):
     def _approval_by_id_sql(self) -> str:
         return f'SELECT {columns(ApprovalRow)} FROM "approval" WHERE "id" = {self.db.param}'
 
+    def _owe_copies_sql(self) -> str:
+        return f'UPDATE "approval_message" SET "owed" = TRUE WHERE "approval_id" = {self.db.param}'
+
     @grouped
     @unit_of_work
     def create_approval(self, new: NewApproval, now: datetime | None = None
@@ -125,7 +163,8 @@ class ApprovalStore(StoreBase):
                     self.statement("approval.insert", self._insert_approval_sql),
                     (approval_id, new.agent, new.kind, new.summary, payload, "pending",
                      new.run_id, new.tool_call_id, new.idempotency_key, fingerprint,
-                     f"appr:{approval_id}", "telegram", to_text(now), to_text(expires_at)))
+                     f"appr:{approval_id}", "telegram", to_text(now), to_text(expires_at),
+                     new.submitter_uid))
                 if new.chat_ids:
                     sql = self.statement("approval_message.insert", self._insert_message_sql)
                     with peewee.__exception_wrapper__:
@@ -136,7 +175,7 @@ class ApprovalStore(StoreBase):
                 id=approval_id, agent=new.agent, kind=new.kind, summary=new.summary,
                 payload=ApprovalRow.payload.python_value(payload), status="pending",
                 run_id=new.run_id, tool_call_id=new.tool_call_id, created_at=now,
-                expires_at=expires_at)
+                expires_at=expires_at, submitter_uid=new.submitter_uid)
         except Conflict:
             if new.idempotency_key is None:
                 raise
@@ -212,6 +251,10 @@ class ApprovalStore(StoreBase):
                 (status, decided_by, to_text(now), reason, approval_id, to_text(now)),
             ).fetchone()
             if won is not None:
+                # One UPDATE through the (approval_id, chat_id) index, same transaction:
+                # the notifier can never see the decision without its copies owed.
+                self.db.execute_sql(self.statement("approval_message.owe", self._owe_copies_sql),
+                                    (approval_id,))
                 self.announce_final([approval_id])
                 return approval_record(_decode_approval(won))
             # Lost: it is unknown, final, or due. A due request is expired here and
@@ -223,6 +266,7 @@ class ApprovalStore(StoreBase):
                 .returning(ApprovalRow)
                 .execute()
             )
+            mark_copies_owed([r.id for r in expired])
             self.announce_final([r.id for r in expired])
             # Raise only after the block: an exception inside it would roll the expiry back.
             row = expired[0] if expired else ApprovalRow.get_or_none(ApprovalRow.id == approval_id)
@@ -243,6 +287,7 @@ class ApprovalStore(StoreBase):
                 .execute()
             )
             expired = [approval_record(r) for r in rows]
+            mark_copies_owed([a.id for a in expired])
             self.announce_final([a.id for a in expired])
             return expired
 
@@ -270,25 +315,115 @@ class ApprovalStore(StoreBase):
         )
         return _message_record(row) if row else None
 
+    def _copy_status_sql(self) -> str:
+        # PostgreSQL: FOR SHARE waits for a transition in flight and then reads its result,
+        # and holds the approval until this record commits (a transition then marks the copy
+        # owed after us). SQLite's write transactions are serial already.
+        lock = " FOR SHARE OF a" if is_postgres(self.db) else ""
+        return ('SELECT a."status" FROM "approval_message" AS m JOIN "approval" AS a '
+                f'ON a."id" = m."approval_id" WHERE m."id" = {self.db.param}{lock}')
+
+    def _record_sql(self) -> str:
+        p = self.db.param
+        return (f'UPDATE "approval_message" SET "shown" = {p}, "updated_at" = {p}, "owed" = {p}, '
+                f'"message_id" = COALESCE({p}, "message_id") WHERE "id" = {p}')
+
+    def _owed_sql(self, by_chat: bool) -> str:
+        p = self.db.param
+        cols = ", ".join([f'm."{f.column_name}"' for f in ApprovalMessageRow._meta.sorted_fields]
+                         + [f'a."{f.column_name}"' for f in ApprovalRow._meta.sorted_fields])
+        chat = f' AND m."chat_id" = {p}' if by_chat else ""
+        # ``WHERE m."owed"`` is the partial index's own predicate: that is what lets both
+        # backends answer from approval_message_owed instead of scanning the history.
+        return (f'SELECT {cols} FROM "approval_message" AS m JOIN "approval" AS a '
+                f'ON a."id" = m."approval_id" WHERE m."owed"{chat} '
+                f'ORDER BY {_OWED_ORDER} LIMIT {p}')
+
     @unit_of_work
     def record_message(self, ref_id: int, shown: str, message_id: int | None = None,
-                       now: datetime | None = None) -> None:
-        """Record that a copy was posted (``message_id``) or now shows ``shown``."""
-        values = {"shown": shown, "updated_at": now or self.clock()}
-        if message_id is not None:
-            values["message_id"] = message_id
-        ApprovalMessageRow.update(values).where(ApprovalMessageRow.id == ref_id).execute()
+                       now: datetime | None = None) -> bool:
+        """Record that a copy was posted (``message_id``) or now shows ``shown``.
+
+        The copy stops being owed only if ``shown`` is its approval's status as
+        committed now (a compare-and-set under a lock on the approval): a decision
+        that lands between the send and this record leaves it owed, so its edit
+        follows. Returns True when the copy is settled (no longer owed).
+        """
+        now = now or self.clock()
+        with self.write():
+            row = self.db.execute_sql(self.statement("approval_message.status",
+                                                     self._copy_status_sql), (ref_id,)).fetchone()
+            if row is None:
+                return False
+            settled = row[0] == shown
+            self.db.execute_sql(self.statement("approval_message.record", self._record_sql),
+                                (shown, to_text(now), not settled, message_id, ref_id))
+        return settled
+
+    @unit_of_work
+    def give_up_message(self, ref_id: int, status: str, now: datetime | None = None) -> bool:
+        """Stop owing a copy Telegram refuses for good, unless its approval has moved on
+        from ``status`` meanwhile (the new status gets a new attempt). True if given up."""
+        now = now or self.clock()
+        with self.write():
+            row = self.db.execute_sql(self.statement("approval_message.status",
+                                                     self._copy_status_sql), (ref_id,)).fetchone()
+            if row is None or row[0] != status:
+                return False
+            (ApprovalMessageRow.update(owed=False, updated_at=now)
+             .where(ApprovalMessageRow.id == ref_id).execute())
+        return True
 
     @unit_of_work
     def messages_owed(self, chat_id: int | None = None, limit: int = 200
                       ) -> list[tuple[MessageRef, Approval]]:
-        """Copies whose display lags their approval: never posted, or showing an old status."""
-        query = (ApprovalMessageRow.select(ApprovalMessageRow, ApprovalRow)
-                 .join(ApprovalRow)
-                 .where((ApprovalMessageRow.shown.is_null())
-                        | (ApprovalMessageRow.shown != ApprovalRow.status))
-                 .order_by(ApprovalMessageRow.id)
-                 .limit(limit))
-        if chat_id is not None:
-            query = query.where(ApprovalMessageRow.chat_id == chat_id)
-        return [(_message_record(r), approval_record(r.approval)) for r in query]
+        """Copies whose display lags their approval (never posted, or showing an old status),
+        read through the partial index on owed copies only.
+
+        Order: copies of still-pending requests, newest first; then edits of posted
+        copies; then requests decided before their copy was posted (oldest first).
+        """
+        key = "approval_message.owed_in_chat" if chat_id is not None else "approval_message.owed"
+        sql = self.statement(key, lambda: self._owed_sql(chat_id is not None))
+        params = (chat_id, limit) if chat_id is not None else (limit,)
+        owed = []
+        for row in self.db.execute_sql(sql, params).fetchall():
+            message = _decode_message(row[:_MESSAGE_WIDTH])
+            owed.append((_message_record(message),
+                         approval_record(_decode_approval(row[_MESSAGE_WIDTH:]))))
+        return owed
+
+    @unit_of_work
+    def unposted_outcomes(self, chat_id: int) -> list[UnpostedOutcome]:
+        """Owed copies in ``chat_id`` never posted whose request is decided, newest first."""
+        p = self.db.param
+        sql = self.statement("approval_message.unposted", lambda: (
+            'SELECT m."id", a."id", a."kind", a."status" FROM "approval_message" AS m '
+            'JOIN "approval" AS a ON a."id" = m."approval_id" '
+            f'WHERE m."owed" AND m."chat_id" = {p} AND m."message_id" IS NULL '
+            'AND a."status" <> \'pending\' ORDER BY m."id" DESC'))
+        return [UnpostedOutcome(*row) for row in self.db.execute_sql(sql, (chat_id,)).fetchall()]
+
+    @unit_of_work
+    def settle_unposted(self, ref_ids: list[int], now: datetime | None = None) -> int:
+        """Record never-posted copies of decided requests as showing their outcome without
+        a message of their own (a digest listed them); returns how many were settled.
+
+        Only copies still owed, unposted and decided are touched; a decided status
+        never changes again, so no decision can slip in between.
+        """
+        now = to_text(now or self.clock())
+        settled = 0
+        with self.write():
+            for start in range(0, len(ref_ids), _CHUNK):
+                chunk = ref_ids[start:start + _CHUNK]
+                marks = ", ".join([self.db.param] * len(chunk))
+                cursor = self.db.execute_sql(
+                    'UPDATE "approval_message" SET "owed" = FALSE, '
+                    f'"updated_at" = {self.db.param}, "shown" = (SELECT a."status" '
+                    'FROM "approval" AS a WHERE a."id" = "approval_message"."approval_id") '
+                    f'WHERE "id" IN ({marks}) AND "owed" AND "message_id" IS NULL '
+                    'AND "approval_id" IN (SELECT "id" FROM "approval" '
+                    'WHERE "status" <> \'pending\')', (now, *chunk))
+                settled += cursor.rowcount
+        return settled

@@ -16,7 +16,14 @@ import peewee
 from peewee import Database
 
 from storage.clock import utcnow
-from storage.db import is_postgres, write_transaction
+from storage.db import (
+    DatabaseFault,
+    ReconnectingPostgresqlDatabase,
+    fault_of,
+    is_postgres,
+    transaction_alive,
+    write_transaction,
+)
 from storage.errors import Conflict, NotFound, StorageError, TapgateError
 from storage.models import database
 
@@ -38,19 +45,34 @@ def translated_errors() -> Iterator[None]:
             raise Conflict("a record with this key already exists") from exc
         raise StorageError(f"integrity error: {exc}", exc) from exc
     except peewee.PeeweeException as exc:
+        fault = fault_of(exc)
+        if fault is not None:  # busy, read-only, disk full, server gone: say which
+            raise DatabaseFault(f"database error: {exc}", fault, exc) from exc
         raise StorageError(f"database error: {exc}", exc) from exc
 
 
 def unit_of_work(method: Callable[..., T]) -> Callable[..., T]:
-    """Mark a Store method as one unit of work: connected, errors translated."""
+    """Mark a Store method as one unit of work: connected, errors translated.
+
+    On PostgreSQL the unit starts on a live connection and is run once more on
+    a new one if the server dropped the old one before anything could have
+    committed (see :class:`storage.db.ReconnectingPostgresqlDatabase`).
+    """
 
     @functools.wraps(method)
     def wrapper(self: StoreBase, *args: Any, **kwargs: Any) -> T:
-        self.db.connect(reuse_if_open=True)
-        with translated_errors():
-            return method(self, *args, **kwargs)
+        if self._reconnects:
+            return self.db.run_unit(_connected, self, method, args, kwargs)
+        return _connected(self, method, args, kwargs)
 
     return wrapper
+
+
+def _connected(store: StoreBase, method: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    # Connecting is inside: a server that refuses connections is a StorageError too.
+    with translated_errors():
+        store.db.connect(reuse_if_open=True)
+        return method(store, *args, **kwargs)
 
 
 def grouped(method: Callable[..., T]) -> Callable[..., T]:
@@ -84,6 +106,7 @@ class StoreBase:
     def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow, workers: int = 4):
         database.initialize(db)
         self.db = db
+        self._reconnects = isinstance(db, ReconnectingPostgresqlDatabase)
         self.clock = clock
         self._workers = workers
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="tapgate-db")
@@ -133,24 +156,35 @@ class StoreBase:
                     loop.call_soon_threadsafe(_deliver, items)
 
     def _write_group(self, batch: list[tuple]) -> list[tuple[bool, Any]]:
-        outcomes: list[tuple[bool, Any]] = []
         try:
-            self.db.connect(reuse_if_open=True)
-            with translated_errors(), self.write():
-                self._in_group.active = True
-                try:
-                    for fn, args, kwargs, _loop, _future in batch:
-                        # A unit's own write() is a savepoint here: an error inside it
-                        # undoes that unit alone; what a unit keeps before raising (a
-                        # halt) stands.
-                        try:
-                            outcomes.append((True, fn(*args, **kwargs)))
-                        except Exception as exc:
-                            outcomes.append((False, exc))
-                finally:
-                    self._in_group.active = False
+            if self._reconnects:  # like a unit of work: a live connection, one safe retry
+                return self.db.run_unit(self._group_transaction, batch)
+            return self._group_transaction(batch)
         except Exception as exc:  # the transaction itself failed: nothing was written
             return [(False, exc)] * len(batch)
+
+    def _group_transaction(self, batch: list[tuple]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        with translated_errors():
+            self.db.connect(reuse_if_open=True)
+        with translated_errors(), self.write():
+            self._in_group.active = True
+            try:
+                for fn, args, kwargs, _loop, _future in batch:
+                    # A unit's own write() is a savepoint here: an error inside it
+                    # undoes that unit alone; what a unit keeps before raising (a
+                    # halt) stands.
+                    try:
+                        outcomes.append((True, fn(*args, **kwargs)))
+                    except Exception as exc:
+                        if not transaction_alive(self.db):
+                            # SQLite rolled the whole group back (disk full, I/O error)
+                            # or the connection died: the earlier units' writes are gone
+                            # too, and later ones would run outside any transaction.
+                            raise
+                        outcomes.append((False, exc))
+            finally:
+                self._in_group.active = False
         return outcomes
 
     def statement(self, key: str, render: Callable[[], str]) -> str:
@@ -221,6 +255,8 @@ class _UnitSavepoint:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
+            if not transaction_alive(self.db):
+                return  # the savepoint went with the transaction; let the error say why
             self.db.execute_sql('ROLLBACK TO SAVEPOINT "tapgate_unit"')
         self.db.execute_sql('RELEASE SAVEPOINT "tapgate_unit"')
 

@@ -1,7 +1,8 @@
 """Checkpoints: a run's usage at a step plus an opaque payload to restart from.
 
-Append-only; the latest is the highest id. At start-up a running run whose
-usage is ahead of its latest checkpoint is rolled back to it (crash resume).
+Append-only; the latest is the highest id. A checkpoint is where the agent
+resumes its own work from after a crash; it never resets what was spent: a
+run's usage is always the ledger's and the steps' truth.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from datetime import datetime
 
 from storage.base import unit_of_work
 from storage.errors import NotFound
-from storage.models import CheckpointRow, RunRow
-from storage.records import Checkpoint, NewCheckpoint, Run, from_nano
-from storage.runs import RunStore, run_record
+from storage.models import CheckpointRow
+from storage.records import Checkpoint, NewCheckpoint, from_nano
+from storage.runs import RunStore
 
 
 def _checkpoint_record(row: CheckpointRow) -> Checkpoint:
@@ -32,7 +33,6 @@ def _checkpoint_record(row: CheckpointRow) -> Checkpoint:
 
 class CheckpointStore(RunStore):
     """Checkpoint operations of the Store."""
-
 
     @unit_of_work
     def save_checkpoint(self, new: NewCheckpoint, now: datetime | None = None) -> Checkpoint:
@@ -66,33 +66,3 @@ class CheckpointStore(RunStore):
         self._must_exist(run_id)
         query = CheckpointRow.select().where(CheckpointRow.run == run_id).order_by(CheckpointRow.id)
         return [_checkpoint_record(r) for r in query]
-
-    @unit_of_work
-    def rollback_to_checkpoint(self, run_id: str, now: datetime | None = None) -> Run | None:
-        """Crash resume: set a running run's usage back to its latest checkpoint.
-
-        Only when the usage is ahead of the checkpoint; returns the updated
-        run, or None when nothing changed (no checkpoint, not ahead, not running).
-        """
-        now = now or self.clock()
-        with self.write():
-            run = self._locked_run(run_id)
-            if run.status != "running":
-                return None
-            cp = (CheckpointRow.select().where(CheckpointRow.run == run_id)
-                  .order_by(CheckpointRow.id.desc()).first())
-            if cp is None:
-                return None
-            ahead = (run.usage_prompt_tokens, run.usage_completion_tokens,
-                     run.usage_dollars_nano, run.usage_loops) != (
-                cp.usage_prompt_tokens, cp.usage_completion_tokens,
-                cp.usage_dollars_nano, cp.usage_loops)
-            if not ahead:
-                return None
-            rows = list(RunRow.update(usage_prompt_tokens=cp.usage_prompt_tokens,
-                                      usage_completion_tokens=cp.usage_completion_tokens,
-                                      usage_dollars_nano=cp.usage_dollars_nano,
-                                      usage_loops=cp.usage_loops, updated_at=now)
-                        .where(RunRow.id == run_id).returning(RunRow).execute())
-        return run_record(rows[0])
-

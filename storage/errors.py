@@ -70,6 +70,15 @@ class InvalidArgument(TapgateError):
     code = "validation_error"
 
 
+class LimitExceeded(InvalidArgument):
+    """A value would take a counter past its cap (422 naming the field, never a retry)."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.details = [{"loc": ["body", field], "msg": message, "type": "limit_exceeded"}]
+        super().__init__(f"invalid body.{field}: {message}")
+
+
 class SchemaTooNew(TapgateError):
     """The database holds migrations this code does not know: refuse to touch it."""
 

@@ -9,40 +9,33 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import peewee
-from peewee import SQL, fn
+from peewee import fn
 from pydantic import TypeAdapter
 
 from storage.base import columns, grouped, unit_of_work
 from storage.clock import (
-    as_utc,
-    day_of,
     from_text,
-    next_day,
-    previous_day,
-    start_of_day,
     to_text,
 )
 from storage.db import is_sqlite
-from storage.errors import BudgetExceeded, InvalidArgument
+from storage.errors import BudgetExceeded, LimitExceeded
 from storage.models import LedgerDailyRow, LedgerRow, RunRow
 from storage.records import (
-    METADATA_KEY,
+    MAX_RUN_DOLLARS,
+    MAX_RUN_TOKENS,
+    NANO,
     LedgerEntry,
     LedgerTotals,
     NewLedgerEntry,
     Run,
-    UsageGroup,
-    UsageSummary,
     from_nano,
     to_nano,
 )
-from storage.runs import Guard, RunStore, decode_run, run_record
+from storage.runs import AlertRule, Guard, RunStore, decode_run, run_record
 
-BASIC_DIMENSIONS = ("provider", "model", "day", "name")
-NONE_KEY = "(none)"
 _ENTRIES = TypeAdapter(list[LedgerEntry])
 LEDGER_COLUMNS = ('"run_id"', '"step_index"', '"provider"', '"model"', '"prompt_tokens"',
                   '"completion_tokens"', '"cached_tokens"', '"dollars_nano"', '"priced"',
@@ -76,50 +69,17 @@ def ledger_record(row: LedgerRow) -> LedgerEntry:
     )
 
 
-def validate_by(by: str) -> str | None:
-    """Check a grouping dimension; return the metadata key for ``metadata.KEY``."""
-    if by in BASIC_DIMENSIONS:
-        return None
-    if by.startswith("metadata."):
-        key = by[len("metadata."):]
-        if METADATA_KEY.match(key):
-            return key
-        raise InvalidArgument(f"invalid metadata key {key!r}: it must match [A-Za-z0-9_-]+")
-    raise InvalidArgument(
-        f"invalid grouping {by!r}: use provider, model, day, name or metadata.KEY"
-    )
-
-
-@dataclass
-class _Window:
-    """A [since, until) window cut into whole days and partial-day edges."""
-
-    first_day: str | None  # first whole day (None = unbounded below)
-    last_day: str | None  # last whole day (None = unbounded above)
-    has_days: bool
-    edges: list[tuple[str, str]]  # [start, end) text ranges read from raw rows
-
-
-def _cut(since: datetime | None, until: datetime | None) -> _Window:
-    if since is not None and until is not None and since >= until:
-        return _Window(None, None, False, [])
-    edges: list[tuple[datetime, datetime]] = []
-    first_day = last_day = None
-    if since is not None:
-        if since == start_of_day(since):
-            first_day = day_of(since)
-        else:
-            first_day = next_day(day_of(since))
-            midnight = start_of_day(since) + timedelta(days=1)
-            edges.append((since, midnight if until is None else min(midnight, until)))
-    if until is not None:
-        # Whole days end before until's day; the part of that day before until is an edge.
-        last_day = previous_day(day_of(until))
-        start = start_of_day(until)
-        if until != start and (since is None or start >= since):
-            edges.append((start, until))
-    has_days = first_day is None or last_day is None or first_day <= last_day
-    return _Window(first_day, last_day, has_days, [(to_text(a), to_text(b)) for a, b in edges])
+def _check_caps(row, added: list[int]) -> None:
+    """Refuse usage that would take a run's counters past their caps (nothing is written)."""
+    prompt, completion, nano = added
+    for name, before, more, cap in (
+            ("prompt_tokens", row.usage_prompt_tokens, prompt, MAX_RUN_TOKENS),
+            ("completion_tokens", row.usage_completion_tokens, completion, MAX_RUN_TOKENS),
+            ("dollars", row.usage_dollars_nano, nano, MAX_RUN_DOLLARS * NANO)):
+        if before + more > cap:
+            shown = f"${cap / NANO:,.0f}" if name == "dollars" else f"{cap:,} tokens"
+            raise LimitExceeded(name, f"run {row.id}'s usage would pass the cap of {shown} "
+                                      "per run")
 
 
 class LedgerStore(RunStore):
@@ -128,13 +88,16 @@ class LedgerStore(RunStore):
     @grouped
     @unit_of_work
     def append_ledger(self, entries: list[NewLedgerEntry], after_usage: Guard | None = None,
-                      now: datetime | None = None) -> LedgerAppend:
+                      now: datetime | None = None, alerts: AlertRule | None = None
+                      ) -> LedgerAppend:
         """Append entries all-or-nothing, update aggregates and run usage, then apply the guard.
 
         Any entry for a halted run refuses the whole list (:class:`BudgetExceeded`)
-        and any unknown run refuses it (:class:`NotFound`). A list that crosses
-        a budget is recorded whole (the money is spent) and then the run halts;
-        the halted runs are in the result.
+        and any unknown run refuses it (:class:`NotFound`); so does a list that
+        would take a run's usage past its caps (:class:`LimitExceeded`). A list
+        that crosses a budget is recorded whole (the money is spent) and then the
+        run halts; the halted runs are in the result. Alerts that ``alerts`` says
+        are due are recorded in the same transaction.
         """
         now = now or self.clock()
         result = LedgerAppend(entries=[])
@@ -174,6 +137,7 @@ class LedgerStore(RunStore):
                 row = self._locked_run(run_id)
                 if row.status == "halted":
                     raise BudgetExceeded(run_record(row))
+                _check_caps(row, usage[run_id])
             ids = self._insert_ledger_rows(rows)
             upsert = self.statement("ledger_daily.upsert", self._daily_upsert_sql)
             # executemany: one prepared statement on SQLite, pipelined round trips
@@ -191,7 +155,7 @@ class LedgerStore(RunStore):
                 if reason:
                     run = self._halt(run_id, reason, now)
                     result.halted.append(run)
-                result.runs[run_id] = run
+                result.runs[run_id] = self._record_alerts(run, alerts, now)
         times = {text: from_text(text) for text in texts.values()}
         # One validator call for the list (~1.5 µs a record; model_construct costs ~8).
         result.entries = _ENTRIES.validate_python([
@@ -288,86 +252,3 @@ class LedgerStore(RunStore):
                             cached_tokens=int(row["cached_tokens"]),
                             dollars=from_nano(int(row["dollars_nano"])),
                             unpriced_calls=int(row["unpriced_calls"]))
-
-    @unit_of_work
-    def summarize_ledger(self, by: str = "model", since: datetime | None = None,
-                         until: datetime | None = None) -> UsageSummary:
-        """Spend grouped by ``by`` over ``[since, until)`` (None = unbounded).
-
-        ``by`` is provider, model, day (UTC date of the call), name (the run's
-        name) or ``metadata.KEY`` (the run's metadata; a missing key groups as
-        ``(none)``). Groups are ordered by dollars descending, then key.
-        """
-        meta_key = validate_by(by)
-        since = as_utc(since) if since else None
-        until = as_utc(until) if until else None
-        window = _cut(since, until)
-        # Per-run grouping for name/metadata: the run decides the key, mapped below.
-        dim = by if by in ("provider", "model", "day") else "run"
-        sums: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
-        if window.has_days:
-            self._add_daily(sums, dim, window.first_day, window.last_day)
-        for start, end in window.edges:
-            self._add_raw(sums, dim, start, end)
-        if dim == "run":
-            sums = self._regroup_by_run(sums, by, meta_key)
-        groups = [UsageGroup(key=k, calls=s[0], prompt_tokens=s[1], completion_tokens=s[2],
-                             dollars=from_nano(s[3])) for k, s in sums.items()]
-        nano = {k: s[3] for k, s in sums.items()}
-        groups.sort(key=lambda g: (-nano[g.key], g.key))
-        total = UsageGroup(key="total", calls=sum(g.calls for g in groups),
-                           prompt_tokens=sum(g.prompt_tokens for g in groups),
-                           completion_tokens=sum(g.completion_tokens for g in groups),
-                           dollars=from_nano(sum(nano.values())))
-        unpriced = sum(s[4] for s in sums.values())
-        return UsageSummary(by=by, since=since, until=until, groups=groups, total=total,
-                            unpriced_calls=unpriced)
-
-    def _add_daily(self, sums, dim: str, first: str | None, last: str | None) -> None:
-        d = LedgerDailyRow
-        column = {"provider": d.provider, "model": d.model, "day": d.day, "run": d.run}[dim]
-        query = (d.select(column.alias("k"), fn.SUM(d.calls), fn.SUM(d.prompt_tokens),
-                          fn.SUM(d.completion_tokens), fn.SUM(d.dollars_nano),
-                          fn.SUM(d.unpriced_calls))
-                 .group_by(column))
-        if first is not None:
-            query = query.where(d.day >= first)
-        if last is not None:
-            query = query.where(d.day <= last)
-        for k, *values in query.tuples():
-            target = sums[k]
-            for i, v in enumerate(values):
-                target[i] += int(v)
-
-    def _add_raw(self, sums, dim: str, start: str, end: str) -> None:
-        r = LedgerRow
-        column = {"provider": r.provider, "model": r.model,
-                  # Literal bounds: bound parameters would make PostgreSQL see the SELECT's
-                  # and the GROUP BY's SUBSTR as different expressions (and refuse the query).
-                  # No coercion: the day is text, not a timestamp for TimestampField to parse.
-                  "day": fn.SUBSTR(r.created_at, SQL("1"), SQL("10")).coerce(False),
-                  "run": r.run}[dim]
-        unpriced = fn.SUM(SQL("CASE WHEN priced THEN 0 ELSE 1 END"))
-        query = (r.select(column.alias("k"), fn.COUNT(r.id), fn.SUM(r.prompt_tokens),
-                          fn.SUM(r.completion_tokens), fn.SUM(r.dollars_nano), unpriced)
-                 .where((r.created_at >= start) & (r.created_at < end))
-                 .group_by(column))
-        for k, *values in query.tuples():
-            target = sums[k]
-            for i, v in enumerate(values):
-                target[i] += int(v)
-
-    def _regroup_by_run(self, sums, by: str, meta_key: str | None):
-        runs = {r.id: r for r in RunRow.select(RunRow.id, RunRow.name, RunRow.metadata)
-                .where(RunRow.id.in_(list(sums)))} if sums else {}
-        out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
-        for run_id, s in sums.items():
-            run = runs.get(run_id)
-            if by == "name":
-                key = run.name if run else ""
-            else:
-                key = (run.metadata or {}).get(meta_key, NONE_KEY) if run else NONE_KEY
-            target = out[key]
-            for i, v in enumerate(s):
-                target[i] += v
-        return out

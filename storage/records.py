@@ -27,6 +27,17 @@ HaltReason = Literal[
 METADATA_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 NANO = 1_000_000_000
 
+# Caps that keep every stored counter far from the 64-bit limit (2**63 ≈ 9.2e18) on
+# both backends: per call, per run's usage, and per budget. A value past a cap is
+# refused (422 naming the field); nothing accepted can overflow.
+MAX_CALL_TOKENS = 10**12
+MAX_CALL_DOLLARS = 1e6
+MAX_RUN_TOKENS = 10**15  # each of prompt and completion usage of one run
+MAX_RUN_DOLLARS = 10**9  # one run's usage: 1e18 nano-dollars
+MAX_BUDGET_TOKENS = 2**62
+MAX_BUDGET_DOLLARS = 1e12
+MAX_INT32 = 2**31 - 1
+
 
 def to_nano(dollars: float) -> int:
     """Dollars to integer nano-dollars (the stored unit)."""
@@ -59,6 +70,7 @@ class NewApproval(Record):
     tool_call_id: str | None = None
     idempotency_key: str | None = None
     chat_ids: list[int] = Field(default_factory=list)
+    submitter_uid: int | None = None
 
 
 class Approval(Record):
@@ -77,6 +89,8 @@ class Approval(Record):
     tool_call_id: str | None = None
     created_at: datetime
     expires_at: datetime
+    submitter_uid: int | None = Field(
+        None, description="peer uid that submitted it over the socket (null: the bot itself)")
 
     @property
     def callback_prefix(self) -> str:
@@ -107,12 +121,14 @@ class MessageRef(Record):
 
 
 class Budgets(Record):
-    """Budgets of a run; 0 means unlimited."""
+    """Budgets of a run; 0 means unlimited. Finite and bounded in every path."""
 
-    budget_tokens: int = Field(0, ge=0)
-    budget_dollars: float = Field(0.0, ge=0)
-    budget_loops: int = Field(0, ge=0)
-    budget_seconds: int = Field(0, ge=0)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    budget_tokens: int = Field(0, ge=0, le=MAX_BUDGET_TOKENS)
+    budget_dollars: float = Field(0.0, ge=0, le=MAX_BUDGET_DOLLARS)
+    budget_loops: int = Field(0, ge=0, le=MAX_INT32)
+    budget_seconds: int = Field(0, ge=0, le=MAX_INT32)
 
 
 def _check_metadata(value: dict[str, str]) -> dict[str, str]:
@@ -129,6 +145,7 @@ class RunUpsert(Budgets):
     name: str = Field("", max_length=500)
     policy_ref: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
+    owner_uid: int | None = None
 
     _meta = field_validator("metadata")(_check_metadata)
 
@@ -147,12 +164,32 @@ class Run(Budgets):
     usage_loops: int
     metadata: dict[str, str]
     alerted: list[str] = Field(default_factory=list)
+    owner_uid: int | None = Field(
+        None, description="peer uid that created it over the socket (null: not the socket)")
     created_at: datetime
     updated_at: datetime
 
     @property
     def usage_tokens(self) -> int:
         return self.usage_prompt_tokens + self.usage_completion_tokens
+
+
+class BudgetAlert(Record):
+    """The bot's own record of a budget alert: which budgets a grant raises.
+
+    Written in the transaction of the usage that triggered it; ``approval_id``
+    is set once it is posted, ``settled_at`` once it was decided (granted,
+    kept, or retired because another alert of the run was decided).
+    """
+
+    id: int
+    run_id: str
+    key: str
+    fields: list[str]
+    what: str
+    approval_id: str | None = None
+    settled_at: datetime | None = None
+    created_at: datetime
 
 
 class StepUpsert(Record):

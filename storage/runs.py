@@ -16,6 +16,7 @@ from storage.db import is_postgres
 from storage.errors import BudgetExceeded, NotFound, RunNotRunning
 from storage.models import (
     ApprovalRow,
+    BudgetAlertRow,
     RunRow,
     StepRow,
     ToolCallRow,
@@ -34,6 +35,10 @@ from storage.records import (
 )
 
 Guard = Callable[[Run, datetime], str | None]
+AlertDue = tuple[str, list[str], str]
+"""``(key, budget fields a grant would raise, what happened)`` of an alert that is due."""
+AlertRule = Callable[[Run, datetime], list[AlertDue]]
+"""``rule(run, now)``: the alerts due for the run as it now stands (recorded once per key)."""
 decode_run = decoder(RunRow)
 
 
@@ -54,6 +59,7 @@ def run_record(row: RunRow) -> Run:
         usage_loops=row.usage_loops,
         metadata=row.metadata or {},
         alerted=row.alerted or [],
+        owner_uid=row.owner_uid,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -112,6 +118,23 @@ class RunStore(StoreBase):
                     .where(RunRow.id == run_id).returning(RunRow).execute())
         return run_record(rows[0])
 
+    def _record_alerts(self, run: Run, rule: AlertRule | None, now: datetime) -> Run:
+        """Inside a write transaction: record the alerts ``rule`` says are due (each key
+        once per arming), so the alert is committed with the usage that triggered it
+        and a crash afterwards cannot lose it. Returns the run as it now stands."""
+        if rule is None:
+            return run
+        due = [(key, fields, what) for key, fields, what in rule(run, now)
+               if key not in run.alerted]
+        if not due:
+            return run
+        alerted = [*run.alerted, *(key for key, _, _ in due)]
+        RunRow.update(alerted=alerted).where(RunRow.id == run.id).execute()
+        for key, fields, what in due:
+            BudgetAlertRow.insert(run=run.id, key=key, fields=fields, what=what,
+                                  created_at=now).execute()
+        return run.model_copy(update={"alerted": alerted})
+
     @staticmethod
     def _require_running(row: RunRow) -> None:
         if row.status == "halted":
@@ -133,7 +156,8 @@ class RunStore(StoreBase):
         budgets = spec.model_dump(include=set(Budgets.model_fields))
         with self.write():
             (RunRow.insert(id=spec.id, name=spec.name, policy_ref=spec.policy_ref,
-                           metadata=spec.metadata, created_at=now, updated_at=now, **budgets)
+                           metadata=spec.metadata, owner_uid=spec.owner_uid, created_at=now,
+                           updated_at=now, **budgets)
              .on_conflict(conflict_target=[RunRow.id],
                           update={RunRow.name: spec.name,
                                   RunRow.metadata: spec.metadata,
@@ -168,48 +192,35 @@ class RunStore(StoreBase):
                    ) -> tuple[Run, list[Approval]]:
         """Halt a running run with reason ``cancelled`` and withdraw its pending approvals.
 
-        Returns the run and the approvals it cancelled (so their messages can
-        be edited and their waiters woken). :class:`RunNotRunning` if the run
+        Returns the run and the approvals this changed (so their messages can
+        be edited and their waiters woken): those already past ``expires_at``
+        become ``expired`` (by "expiry", at ``expires_at``), as in every other
+        transition; the rest ``cancelled``. :class:`RunNotRunning` if the run
         is not running.
         """
-        from storage.approvals import approval_record
+        from storage.approvals import approval_record, mark_copies_owed
 
         now = now or self.clock()
+        pending = (ApprovalRow.run == run_id) & (ApprovalRow.status == "pending")
         with self.write():
             row = self._locked_run(run_id)
             if row.status != "running":
                 raise RunNotRunning(f"run {run_id} is already {row.status}"
                                     + (f" ({row.halt_reason})" if row.halt_reason else ""))
             run = self._halt(run_id, "cancelled", now)
-            cancelled = list(
+            changed = list(
+                ApprovalRow.update(status="expired", decided_by="expiry",
+                                   decided_at=ApprovalRow.expires_at)
+                .where(pending & (ApprovalRow.expires_at <= now))
+                .returning(ApprovalRow).execute()
+            ) + list(
                 ApprovalRow.update(status="cancelled", decided_by=decided_by, decided_at=now,
                                    reason="run cancelled")
-                .where((ApprovalRow.run == run_id) & (ApprovalRow.status == "pending"))
-                .returning(ApprovalRow).execute()
+                .where(pending).returning(ApprovalRow).execute()
             )
-            self.announce_final([r.id for r in cancelled])
-        return run, [approval_record(r) for r in cancelled]
-
-    @unit_of_work
-    def apply_grant(self, run_id: str, grant_key: str, budgets: Budgets,
-                    now: datetime | None = None) -> Run | None:
-        """Set new budgets and make the run running again, once per ``grant_key``.
-
-        Returns the run, or None when this grant was already applied (so a
-        grant approved once is applied once, even if announced twice). The
-        run's alerts are re-armed for the new budgets. A cancelled run is not
-        resumed (:class:`RunNotRunning`).
-        """
-        now = now or self.clock()
-        with self.write():
-            row = self._locked_run(run_id)
-            alerted = list(row.alerted or [])
-            if grant_key in alerted:
-                return None
-            if row.status == "halted" and row.halt_reason == "cancelled":
-                raise RunNotRunning(f"run {run_id} was cancelled")
-            kept = [k for k in alerted if k.startswith("grant:")] + [grant_key]
-            return self._resume(run_id, budgets, kept, now)
+            mark_copies_owed([r.id for r in changed])
+            self.announce_final([r.id for r in changed])
+        return run, [approval_record(r) for r in changed]
 
     @unit_of_work
     def resume_run(self, run_id: str, budgets: Budgets, now: datetime | None = None) -> Run:
@@ -222,37 +233,26 @@ class RunStore(StoreBase):
             row = self._locked_run(run_id)
             if row.status == "halted" and row.halt_reason == "cancelled":
                 raise RunNotRunning(f"run {run_id} was cancelled")
-            kept = [k for k in (row.alerted or []) if k.startswith("grant:")]
-            return self._resume(run_id, budgets, kept, now)
+            return self._resume(run_id, budgets, now)
 
-    def _resume(self, run_id: str, budgets: Budgets, alerted: list[str], now: datetime) -> Run:
+    def _resume(self, run_id: str, budgets: Budgets, now: datetime) -> Run:
         rows = list(RunRow.update(status="running", halt_reason=None, updated_at=now,
-                                  alerted=alerted, **budgets.model_dump())
+                                  alerted=[], **budgets.model_dump())
                     .where(RunRow.id == run_id).returning(RunRow).execute())
         return run_record(rows[0])
-
-    @unit_of_work
-    def mark_alerted(self, run_id: str, key: str, now: datetime | None = None) -> bool:
-        """Record that alert ``key`` was sent for this run; False if it already was."""
-        with self.write():
-            row = self._locked_run(run_id)
-            alerted = list(row.alerted or [])
-            if key in alerted:
-                return False
-            alerted.append(key)
-            RunRow.update(alerted=alerted).where(RunRow.id == run_id).execute()
-            return True
 
     # --- steps -----------------------------------------------------------------------
 
     @unit_of_work
     def upsert_step(self, step: StepUpsert, before_step: Guard | None = None,
-                    now: datetime | None = None) -> Step:
+                    now: datetime | None = None, alerts: AlertRule | None = None) -> Step:
         """Insert or update the step (run_id, index).
 
         A new index is a new loop: ``before_step`` is consulted first (time,
         then loops + 1) and the run's ``usage_loops`` grows by one. Steps of a
-        halted run are refused with :class:`BudgetExceeded`.
+        halted run are refused with :class:`BudgetExceeded`. Alerts ``alerts``
+        says are due (a halt, a loop budget nearly used) are recorded in the
+        same transaction.
         """
         now = now or self.clock()
         halted: Run | None = None
@@ -264,7 +264,8 @@ class RunStore(StoreBase):
             if existing is None and before_step is not None:
                 reason = before_step(run_record(row), now)
                 if reason:
-                    halted = self._halt(step.run_id, reason, now)
+                    halted = self._record_alerts(self._halt(step.run_id, reason, now),
+                                                 alerts, now)
             if halted is None:
                 values = {
                     "status": step.status,
@@ -276,8 +277,10 @@ class RunStore(StoreBase):
                 if existing is None:
                     StepRow.insert(run=step.run_id, index=step.index,
                                    started_at=step.started_at or now, **values).execute()
-                    RunRow.update(usage_loops=RunRow.usage_loops + 1, updated_at=now).where(
-                        RunRow.id == step.run_id).execute()
+                    counted = list(RunRow.update(usage_loops=RunRow.usage_loops + 1,
+                                                 updated_at=now)
+                                   .where(RunRow.id == step.run_id).returning(RunRow).execute())
+                    self._record_alerts(run_record(counted[0]), alerts, now)
                 else:
                     if step.started_at is not None:
                         values["started_at"] = step.started_at

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from storage import migrate as migrations
+from storage.alerts import AlertStore
 from storage.approvals import ApprovalStore
 from storage.checkpoints import CheckpointStore
 from storage.clock import utcnow
@@ -20,9 +21,11 @@ from storage.db import open_database
 from storage.export import ExportStore
 from storage.facts import FactStore
 from storage.ledger import LedgerStore
+from storage.spend import SpendStore
 
 
-class Store(ApprovalStore, LedgerStore, CheckpointStore, FactStore, ExportStore):
+class Store(ApprovalStore, LedgerStore, SpendStore, AlertStore, CheckpointStore, FactStore,
+            ExportStore):
     """Approvals, runs, steps, ledger, tool calls, checkpoints, facts and policies.
 
     Every method is one transaction and safe to call from many threads at

@@ -48,8 +48,16 @@ def pg_url():
     try:
         yield url
     finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+        drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+        try:
+            admin.execute(drop)
+        except psycopg.OperationalError:
+            # A test restarted the server (tests/test_db_faults.py) and this idle
+            # connection died with it: drop on a new one.
+            with psycopg.connect(PG_URL, autocommit=True, connect_timeout=5) as fresh:
+                fresh.execute(drop)
+        finally:
+            admin.close()
 
 
 def _empty_postgres(url: str) -> None:

@@ -67,6 +67,39 @@ def test_csv(filled):
     assert sum(1 for r in rows if r["type"] == "ledger") == 10
 
 
+@pytest.mark.parametrize("text", ["=HYPERLINK(\"http://evil\")", "+1+cmd|' /C calc'!A0",
+                                  "-2+3", "@SUM(A1)", "\tTAB", "\rCR"])
+def test_csv_neutralizes_formulas(store, text):
+    """OWASP CSV injection: a cell a spreadsheet would run as a formula starts with a quote."""
+    store.upsert_run(RunUpsert(id="r1", name=text))
+    store.create_approval(NewApproval(agent=text, kind=text, summary=text, payload=text,
+                                      ttl_seconds=60, run_id="r1"))
+    store.append_ledger([NewLedgerEntry(run_id="r1", model=text, provider=text,
+                                        response_id=text, dollars=0.5)])
+    out = io.StringIO()
+    export(store, out, fmt="csv")
+    rows = list(csv.DictReader(io.StringIO(out.getvalue(), newline="")))
+    approval = next(r for r in rows if r["type"] == "approval")
+    ledger = next(r for r in rows if r["type"] == "ledger")
+    for cell in (approval["agent"], approval["kind"], approval["summary"], approval["payload"],
+                 ledger["model"], ledger["provider"], ledger["response_id"]):
+        assert cell == "'" + text
+    assert ledger["dollars"] == "0.5"  # numbers are left as they are
+
+
+def test_cli_out_file_is_private(filled, tmp_path, db_url, monkeypatch):
+    from bot.cli import main
+
+    monkeypatch.setenv("TAPGATE_DATABASE_URL", db_url)
+    existing = tmp_path / "open.csv"
+    existing.write_text("old")
+    existing.chmod(0o644)
+    for target in (tmp_path / "new.jsonl", existing):
+        assert main(["audit", "export", "--format", "csv", "--out", str(target)]) == 0
+        assert target.stat().st_mode & 0o777 == 0o600
+    assert existing.read_text().startswith("type,id")
+
+
 def test_streams_in_pages(filled):
     seen = [a.id for a in filled.iter_approvals(page=1)]
     assert len(seen) == len(set(seen)) == 2
@@ -142,3 +175,15 @@ def test_cli_policy_apply_and_audit_export(tmp_path, monkeypatch, capsys):
     out_file = tmp_path / "audit.csv"
     assert main(["audit", "export", "--format", "csv", "--out", str(out_file)]) == 0
     assert out_file.read_text().startswith("type,id,run_id")
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e400"])
+def test_policy_files_refuse_non_finite_budgets(tmp_path, value):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"lax:\n  budget_dollars: {value}\n")
+    with pytest.raises(InvalidArgument, match=r"bundle 'lax': field budget_dollars"):
+        load_policies(path)
+    toml = tmp_path / "p.toml"
+    toml.write_text(f"[lax]\nbudget_dollars = {value.replace('.', '') if 'e' not in value else value}\n")
+    with pytest.raises(InvalidArgument, match=r"budget_dollars"):
+        load_policies(toml)

@@ -221,7 +221,7 @@ async def test_decorator_expiry_and_timeout(lite):  # noqa: F811
 
 
 def test_summary_is_truncated():
-    from bot.client import _describe, _truncate
+    from bot.client_decorator import _describe, _truncate
 
     def f(*args):
         return None

@@ -120,7 +120,9 @@ def entry(run_id="r1", tokens=10, dollars=0.01, **kw) -> NewLedgerEntry:
                           prompt_tokens=tokens, dollars=dollars, **kw)
 
 
-async def grants(manager, run_id):
+async def grants(manager, run_id, gov=None):
+    if gov is not None:
+        await gov.drain()  # alerts are posted by a task after the append commits
     return [a for a in await manager.store.run(manager.store.list_approvals, "pending")
             if a.kind == GRANT_KIND and a.run_id == run_id]
 
@@ -188,19 +190,23 @@ async def test_precedence_through_policy_ref(gov):
 async def test_warning_at_80_percent_sent_once(gov, manager):
     await gov.upsert_run("r1", {"budget_tokens": 100})
     await gov.append_ledger([entry(tokens=50)])
-    assert await grants(manager, "r1") == []
+    assert await grants(manager, "r1", gov) == []
     await gov.append_ledger([entry(tokens=30)])
     await gov.append_ledger([entry(tokens=5)])
     await gov.append_ledger([entry(tokens=5)])
-    alerts = await grants(manager, "r1")
+    alerts = await grants(manager, "r1", gov)
     assert len(alerts) == 1
-    assert "80%" in alerts[0].summary and alerts[0].payload["grant"]["budget_tokens"] == 150
+    assert "80%" in alerts[0].summary and alerts[0].payload["raise"] == ["budget_tokens"]
+    assert alerts[0].agent == "tapgate" and alerts[0].submitter_uid is None
+    approved = await manager.resolve(alerts[0].id, "approved", "telegram:1 (@alice)")
+    await gov.settle(approved)
+    assert (await gov.store.run(gov.store.get_run, "r1")).budget_tokens == 150
 
 
 async def test_halt_alert_grant_resumes_the_run_once(gov, manager):
     await gov.upsert_run("r1", {"budget_dollars": 0.02})
     await gov.append_ledger([entry(dollars=0.05)])
-    alerts = [a for a in await grants(manager, "r1") if "halted" in a.summary]
+    alerts = [a for a in await grants(manager, "r1", gov) if "halted" in a.summary]
     assert len(alerts) == 1
     approved = await manager.resolve(alerts[0].id, "approved", "telegram:1 (@alice)")
     await gov.settle(approved)  # the listener's task does the same; settling twice is safe
@@ -243,16 +249,22 @@ async def test_tool_calls_allowlist_rules_and_status(gov, manager):
     assert calls["rm"].status == "denied" and calls["curl"].status == "forbidden"
 
 
-async def test_recover_rolls_running_runs_back_to_checkpoint(gov):
+async def test_a_restart_keeps_usage_a_checkpoint_is_no_reset(store, manager):
+    """Usage is the ledger's and the steps' truth: a new start (recover) forgets nothing."""
     from storage.records import NewCheckpoint
 
+    gov = Governance(store, manager, Budgets(budget_tokens=1000))
     await gov.upsert_run("r1", {})
     await gov.append_ledger([entry(tokens=10)])
+    await gov.upsert_step(StepUpsert(run_id="r1", index=0))
     await gov.store.run(gov.store.save_checkpoint, NewCheckpoint(run_id="r1", payload={"k": 1}))
     await gov.append_ledger([entry(tokens=90)])
-    await gov.recover()
+    await gov.upsert_step(StepUpsert(run_id="r1", index=1))
+    restarted = Governance(store, manager, Budgets(budget_tokens=1000))
+    await restarted.recover()
     run = await gov.store.run(gov.store.get_run, "r1")
-    assert run.usage_prompt_tokens == 10
+    assert (run.usage_prompt_tokens, run.usage_loops) == (100, 2)
+    assert (await gov.store.run(gov.store.latest_checkpoint, "r1")).payload == {"k": 1}
 
 
 async def test_a_decision_settled_before_the_link_is_not_undone(gov, manager, store):

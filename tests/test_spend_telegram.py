@@ -109,6 +109,7 @@ async def test_budget_alert_grant_button_resumes_the_run(fake, service):
                                             prompt_tokens=10, dollars=1.2)])
     run = await service.store.run(service.store.get_run, "r1")
     assert run.status == "halted"
+    await gov.drain()  # the alert is posted by a task once the append has committed
     grant = next(a for a in await service.store.run(service.store.list_approvals, "pending")
                  if a.kind == GRANT_KIND and "halted" in a.summary)
     msg = await posted(fake, CHAT_A, grant.id)

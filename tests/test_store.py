@@ -314,7 +314,6 @@ def test_cancel_run_without_approvals(store):
 def test_resume_run(store):
     add_run(store, "r1", budget_loops=1)
     store.upsert_step(StepUpsert(run_id="r1", index=0), now=T0)
-    assert store.mark_alerted("r1", "80%")
     with pytest.raises(BudgetExceeded):
         store.upsert_step(StepUpsert(run_id="r1", index=1), now=T0,
                           before_step=lambda run, now: "loop_budget_exceeded")
@@ -333,16 +332,6 @@ def test_resume_run(store):
     assert store.get_run("r1").halt_reason == "cancelled"
     with pytest.raises(NotFound):
         store.resume_run("nope", Budgets(), now=later)
-
-
-def test_mark_alerted_is_true_once(store):
-    add_run(store, "r1")
-    assert store.mark_alerted("r1", "dollars:80") is True
-    assert store.mark_alerted("r1", "dollars:80") is False
-    assert store.mark_alerted("r1", "tokens:80") is True
-    assert store.get_run("r1").alerted == ["dollars:80", "tokens:80"]
-    with pytest.raises(NotFound):
-        store.mark_alerted("nope", "x")
 
 
 # --- steps --------------------------------------------------------------------------------
@@ -989,7 +978,6 @@ def test_checkpoints(store):
     with pytest.raises(NotFound):
         store.latest_checkpoint("r1")
     assert store.list_checkpoints("r1") == []
-    assert store.rollback_to_checkpoint("r1", now=T0) is None  # no checkpoint
 
     store.upsert_step(StepUpsert(run_id="r1", index=0), now=T0)
     store.append_ledger([entry("r1", prompt_tokens=10, completion_tokens=2, dollars=0.5)])
@@ -999,7 +987,6 @@ def test_checkpoints(store):
     assert (cp1.usage_prompt_tokens, cp1.usage_completion_tokens, cp1.usage_dollars,
             cp1.usage_loops) == (10, 2, 0.5, 1)
     assert cp1.created_at == T0 + S
-    assert store.rollback_to_checkpoint("r1", now=T0 + S) is None  # not ahead
 
     store.upsert_step(StepUpsert(run_id="r1", index=1), now=T0 + 2 * S)
     cp2 = store.save_checkpoint(NewCheckpoint(run_id="r1", step_index=1), now=T0 + 2 * S)
@@ -1010,25 +997,15 @@ def test_checkpoints(store):
     assert store.latest_checkpoint("r1") == cp2
     assert store.list_checkpoints("r1") == [cp1, cp2]
 
+    # A checkpoint never resets usage: later usage stays counted.
     store.append_ledger([entry("r1", prompt_tokens=99, completion_tokens=1, dollars=2.0)])
-    store.upsert_step(StepUpsert(run_id="r1", index=2), now=T0 + 3 * S)
-    rolled = store.rollback_to_checkpoint("r1", now=T0 + 4 * S)
-    assert rolled is not None
-    assert (rolled.usage_prompt_tokens, rolled.usage_completion_tokens, rolled.usage_dollars,
-            rolled.usage_loops) == (10, 2, 0.5, 2)
-    assert rolled.updated_at == T0 + 4 * S
-    assert store.get_run("r1") == rolled
-    assert store.rollback_to_checkpoint("r1", now=T0 + 5 * S) is None
-
-    store.append_ledger([entry("r1", prompt_tokens=1)])
-    store.cancel_run("r1", now=T0 + 6 * S)
-    assert store.rollback_to_checkpoint("r1", now=T0 + 7 * S) is None  # not running
+    run = store.get_run("r1")
+    assert (run.usage_prompt_tokens, run.usage_dollars) == (109, 2.5)
+    assert store.latest_checkpoint("r1").usage_prompt_tokens == 10
     with pytest.raises(NotFound):
         store.list_checkpoints("nope")
     with pytest.raises(NotFound):
         store.latest_checkpoint("nope")
-    with pytest.raises(NotFound):
-        store.rollback_to_checkpoint("nope")
 
 
 # --- foreign keys ---------------------------------------------------------------------------
@@ -1295,10 +1272,10 @@ def test_message_refs(store):
     assert [(r.chat_id, r.message_id, r.shown) for r in refs] == [(111, None, None),
                                                                   (-222, None, None)]
     assert all(r.approval_id == a.id and r.updated_at == T0 for r in refs)
-    owed = store.messages_owed()
-    assert [(ref.id, ap.id) for ref, ap in owed] == [(refs[0].id, a.id), (refs[1].id, a.id),
-                                                     (store.approval_messages(b.id)[0].id, b.id)]
-    assert owed[0][1] == a
+    owed = store.messages_owed()  # pending requests: newest first
+    assert [(ref.id, ap.id) for ref, ap in owed] == [(store.approval_messages(b.id)[0].id, b.id),
+                                                     (refs[1].id, a.id), (refs[0].id, a.id)]
+    assert owed[2][1] == a
     assert len(store.messages_owed(limit=1)) == 1
     assert [ref.id for ref, _ in store.messages_owed(chat_id=-222)] == [refs[1].id]
 

@@ -11,6 +11,7 @@ from bot.api.routes_base import (
     Route,
     api,
     body,
+    caller,
     finish,
     path,
     query,
@@ -25,6 +26,8 @@ from bot.api.schemas import (
     WaitQuery,
     json_size,
 )
+from bot.governance import BOT_AGENT, RESERVED_KINDS
+from storage.errors import Forbidden
 from storage.records import Approval
 
 APPROVALS = ItemsOf(Approval)
@@ -33,6 +36,7 @@ APPROVALS = ItemsOf(Approval)
 async def create_approval(request: web.Request) -> web.Response:
     """Submit a request: 201 when created, 200 with the existing one for a repeated key."""
     spec: ApprovalCreate = await body(request, ApprovalCreate)
+    _not_the_bots(spec)
     if spec.payload is not None:
         try:
             size = json_size(spec.payload)
@@ -48,8 +52,21 @@ async def create_approval(request: web.Request) -> web.Response:
     approval, created = await finish(manager.submit(
         agent=spec.agent, kind=spec.kind, summary=spec.summary, payload=spec.payload,
         ttl_seconds=spec.ttl_seconds, run_id=spec.run_id,
-        idempotency_key=spec.idempotency_key))
+        idempotency_key=spec.idempotency_key, submitter_uid=caller(request).uid))
     return respond(approval, 201 if created else 200)
+
+
+def _not_the_bots(spec: ApprovalCreate) -> None:
+    """Refuse the kinds and the agent name the bot itself posts under (422 naming them):
+    nothing an agent sends may look like, or act as, the bot's own request."""
+    if spec.kind in RESERVED_KINDS:
+        raise Invalid(f"invalid body.kind: {spec.kind!r} is reserved for the bot's own "
+                      "requests", [{"loc": ["body", "kind"], "type": "reserved",
+                                    "msg": f"kind {spec.kind!r} is reserved"}])
+    if spec.agent.strip().casefold() == BOT_AGENT:
+        raise Invalid(f"invalid body.agent: {spec.agent!r} is reserved for the bot itself",
+                      [{"loc": ["body", "agent"], "type": "reserved",
+                        "msg": f"agent {spec.agent!r} is reserved"}])
 
 
 async def get_approval(request: web.Request) -> web.Response:
@@ -72,6 +89,13 @@ async def cancel_approval(request: web.Request) -> web.Response:
     approval_id = path(request, "id")
     spec: ApprovalCancel = await body(request, ApprovalCancel, optional=True)
     manager = api(request).manager
+    who = caller(request)
+    if not who.admin:
+        approval = await manager.get(approval_id)
+        if approval.submitter_uid is None or approval.submitter_uid != who.uid:
+            raise Forbidden(f"uid {who.uid} is an agent: cancelling approval {approval_id}, "
+                            "which it did not submit, needs an admin uid "
+                            "(TAPGATE_SOCKET_ADMIN_UIDS)")
     return respond(await finish(manager.cancel(approval_id, "api", spec.reason)))
 
 
@@ -81,7 +105,9 @@ ROUTES = [
           description="201 with the new request; 200 with the existing one when the same "
                       "idempotency_key comes with the same request; 409 when it comes with a "
                       "different one. 404 if run_id names no run. A payload over 64 KiB "
-                      "(compact JSON) is refused with 413."),
+                      "(compact JSON) is refused with 413. The kinds the bot itself posts "
+                      "(budget.grant, tool_call) and the agent name tapgate are reserved "
+                      "(422)."),
     Route("GET", "/v1/approvals", list_approvals, "List approval requests, newest first",
           "approvals", response=Items[Approval], query=ApprovalQuery),
     Route("GET", "/v1/approvals/{id}", get_approval, "Read an approval request (long-poll)",
@@ -90,6 +116,7 @@ ROUTES = [
                       "final or the wait ends, and returns the moment a decision commits."),
     Route("POST", "/v1/approvals/{id}/cancel", cancel_approval, "Withdraw a pending request",
           "approvals", response=Approval, body=ApprovalCancel, body_required=False,
-          errors=(404, 409),
-          description="409 if the request is already final (details carry its state)."),
+          errors=(403, 404, 409),
+          description="409 if the request is already final (details carry its state). An "
+                      "agent uid may cancel only the requests it submitted (403)."),
 ]

@@ -21,7 +21,7 @@ from bot.api.schemas import Index, Key
 from bot.approvals import ApprovalManager
 from bot.governance import Governance
 from bot.pricing import Pricer
-from storage.errors import InvalidArgument, TapgateError
+from storage.errors import Forbidden, InvalidArgument, TapgateError
 from storage.records import Approval
 from storage.store import Store
 
@@ -127,6 +127,29 @@ def api(request: web.Request) -> Api:
     return request.app[API]
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the peer uid (SO_PEERCRED) and whether it is an admin uid."""
+
+    uid: int | None
+    admin: bool
+
+    def require_admin(self, operation: str) -> None:
+        """Forbidden (403 naming ``operation``) unless the caller is an admin."""
+        if not self.admin:
+            raise Forbidden(f"uid {self.uid} is an agent: {operation} needs an admin uid "
+                            "(TAPGATE_SOCKET_ADMIN_UIDS)")
+
+
+CALLER = web.RequestKey("tapgate_caller", Caller)
+_ADMIN = Caller(None, True)
+
+
+def caller(request: web.Request) -> Caller:
+    """The caller the socket guard identified (an admin when the app runs without it)."""
+    return request.get(CALLER, _ADMIN)
+
+
 async def finish(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to its end even if the client goes away and the handler is cancelled.
 
@@ -228,8 +251,10 @@ class ItemsOf:
 
 
 def error_response(status: int, code: str, message: str,
-                   details: list[Any] | tuple[Any, ...] = ()) -> web.Response:
-    """The one error shape: ``{"error": {"code", "message", "details"}}``."""
+                   details: list[Any] | tuple[Any, ...] = (),
+                   headers: dict[str, str] | None = None) -> web.Response:
+    """The one error shape: ``{"error": {"code", "message", "details"}}`` (plus
+    ``headers``, e.g. ``Retry-After`` on a 503)."""
     body_ = {"error": {"code": code, "message": message, "details": list(details)}}
     return web.Response(body=json.dumps(body_, default=str).encode(), status=status,
-                        content_type=JSON)
+                        content_type=JSON, headers=headers)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.api.routes_base import ItemsOf, Route, api, body, path, respond
+from bot.api.routes_base import ItemsOf, Route, api, body, caller, path, respond
 from bot.api.schemas import FactPut, Items, PolicyPut
 from storage.records import Fact, Policy, PolicyUpsert
 
@@ -32,6 +32,7 @@ async def list_facts(request: web.Request) -> web.Response:
 
 async def put_policy(request: web.Request) -> web.Response:
     name = path(request, "name")
+    caller(request).require_admin(f"writing policy {name!r}")
     spec: PolicyPut = await body(request, PolicyPut)
     policy = PolicyUpsert(name=name, **spec.model_dump(exclude={"approval_rules"}),
                           approval_rules=spec.rules())
@@ -57,8 +58,8 @@ ROUTES = [
     Route("GET", "/v1/facts/{namespace}", list_facts, "A namespace's facts, by key", "facts",
           response=Items[Fact]),
     Route("PUT", "/v1/policies/{name}", put_policy, "Create or replace a policy bundle",
-          "policies", response=Policy, body=PolicyPut,
-          description="Always 200; created_at is kept."),
+          "policies", response=Policy, body=PolicyPut, errors=(403,),
+          description="Always 200; created_at is kept. Admin uids only (403 for agents)."),
     Route("GET", "/v1/policies/{name}", get_policy, "Read a policy bundle", "policies",
           response=Policy, errors=(404,)),
     Route("GET", "/v1/policies", list_policies, "List policy bundles, newest first",

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from bot.api.routes_base import ItemsOf, Route, api, body, finish, path, query, respond
+from bot.api.routes_base import (
+    ItemsOf,
+    Route,
+    api,
+    body,
+    caller,
+    finish,
+    path,
+    query,
+    respond,
+)
 from bot.api.schemas import (
     CheckpointCreate,
     Items,
@@ -39,7 +49,9 @@ async def put_run(request: web.Request) -> web.Response:
     run_id = path(request, "id")
     spec: RunPut = await body(request, RunPut)
     RunUpsert(id=run_id)  # the id's own limits, before anything is written
-    run = await api(request).governance.upsert_run(run_id, spec.model_dump())
+    who = caller(request)
+    run = await api(request).governance.upsert_run(run_id, spec.model_dump(), who.admin,
+                                                   who.uid)
     return respond(run)
 
 
@@ -57,7 +69,9 @@ async def list_runs(request: web.Request) -> web.Response:
 async def cancel_run(request: web.Request) -> web.Response:
     """Halt the run (reason ``cancelled``) and withdraw its pending approvals."""
     run_id = path(request, "id")
-    return respond(await finish(api(request).governance.cancel_run(run_id, "api")))
+    who = caller(request)
+    return respond(await finish(api(request).governance.cancel_run(run_id, "api", who.admin,
+                                                                   who.uid)))
 
 
 async def put_step(request: web.Request) -> web.Response:
@@ -109,15 +123,21 @@ async def latest_checkpoint(request: web.Request) -> web.Response:
 _RUN = "/v1/runs/{id}"
 ROUTES = [
     Route("PUT", _RUN, put_run, "Create or update a run", "runs", response=Run, body=RunPut,
-          errors=(), description="Always 200. Writes name, budgets and metadata (a full "
-                                 "replacement); policy_ref only when the run is created."),
+          errors=(403,),
+          description="Always 200. Writes name, budgets and metadata (a full replacement); "
+                      "policy_ref only when the run is created. An agent uid may create runs "
+                      "with budgets no looser than the policy's or the defaults, and update "
+                      "a run's name and metadata; changing an existing run's budgets or "
+                      "policy needs an admin uid (403)."),
     Route("GET", _RUN, get_run, "Read a run with its usage", "runs", response=Run,
           errors=(404,)),
     Route("GET", "/v1/runs", list_runs, "List runs, newest first", "runs",
           response=Items[Run], query=RunQuery),
     Route("POST", f"{_RUN}/cancel", cancel_run, "Cancel a run", "runs", response=Run,
-          errors=(404, 409), description="Halts the run with reason cancelled and withdraws "
-                                         "its pending approvals; 409 if it is not running."),
+          errors=(403, 404, 409),
+          description="Halts the run with reason cancelled and withdraws its pending "
+                      "approvals; 409 if it is not running. An agent uid may cancel only the "
+                      "runs it created (403)."),
     Route("PUT", f"{_RUN}/steps/{{index}}", put_step, "Record a step (one loop)", "runs",
           response=Step, body=StepPut, errors=(402, 404),
           description="A new index counts one loop; 402 when the run is halted."),

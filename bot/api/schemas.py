@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from bot.window import bounded as bounded_instant
+from storage.errors import InvalidArgument
 from storage.records import (
     Approval,
     ApprovalRule,
@@ -44,7 +46,6 @@ MAX_TOKENS = 10**12  # per call or step; keeps every sum far from the 64-bit lim
 MAX_DOLLARS = 1e6  # per call or step, same reason (stored as integer nano-dollars)
 MAX_BUDGET_TOKENS = 2**62
 MAX_INT32 = 2**31 - 1
-MIN_YEAR, MAX_YEAR = 1970, 9999
 
 # PostgreSQL text cannot hold NUL; refusing it here keeps both backends identical.
 NO_NUL = r"^[^\x00]*$"
@@ -58,17 +59,16 @@ Index = Annotated[int, Field(ge=0, le=MAX_INT32)]
 
 
 def _utc(value: datetime) -> datetime:
+    # The one bound shared with /spend and the CLI (bot.window): storage's day
+    # arithmetic must never overflow on a time accepted here.
     try:
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("date out of range") from None
-    if not MIN_YEAR <= value.year <= MAX_YEAR:
-        raise ValueError(f"date must be between {MIN_YEAR} and {MAX_YEAR}")
-    return value
+        return bounded_instant(value)
+    except InvalidArgument as exc:
+        raise ValueError(str(exc)) from None
 
 
 When = Annotated[datetime, AfterValidator(_utc)]
-"""A time: RFC 3339 or ``YYYY-MM-DD`` (midnight); naive times are UTC."""
+"""A time: RFC 3339 or ``YYYY-MM-DD`` (midnight); naive times are UTC; 1970-01-01..9998-12-31."""
 
 
 def json_size(value: Any) -> int:

@@ -27,8 +27,10 @@ from bot.api import routes_approvals, routes_ledger, routes_memory, routes_runs
 from bot.api.openapi import build_openapi
 from bot.api.routes_base import (
     API,
+    CALLER,
     JSON,
     Api,
+    Caller,
     Invalid,
     Route,
     api,
@@ -39,7 +41,7 @@ from bot.api.schemas import MAX_BODY, Health
 from bot.approvals import ApprovalManager
 from bot.governance import Governance
 from bot.pricing import Pricer
-from storage.db import is_postgres
+from storage.db import UNAVAILABLE, DatabaseFault, is_postgres
 from storage.errors import AlreadyFinal, BudgetExceeded, TapgateError
 from storage.store import Store
 
@@ -130,8 +132,14 @@ def _tapgate_error(exc: TapgateError) -> web.Response:
         log.error("unmapped error %s: %s", type(exc).__name__, exc)
         return error_response(500, "internal", "internal error")
     if status == 503:
-        log.error("database error: %s", exc, exc_info=exc)
-        return error_response(503, exc.code, "the database is unavailable; try again")
+        fault = exc.fault if isinstance(exc, DatabaseFault) else UNAVAILABLE
+        if isinstance(exc, DatabaseFault):  # a known condition (outage, lock, full disk): one line
+            log.warning("database %s: %s", fault.cause, exc)
+        else:
+            log.error("database error: %s", exc, exc_info=exc)
+        # The driver's text stays in the log; the agent gets the cause and when to retry.
+        return error_response(503, exc.code, fault.message, [{"cause": fault.cause}],
+                              headers={"Retry-After": str(fault.retry_after)})
     details: list = list(getattr(exc, "details", []))
     if isinstance(exc, AlreadyFinal):
         details = [{"approval": exc.approval.model_dump(mode="json")}]
@@ -150,9 +158,16 @@ def _tapgate_error(exc: TapgateError) -> web.Response:
 
 def build_app(store: Store, manager: ApprovalManager, allowed_uids: list[int],
               pricer: Pricer | None = None, max_body: int = MAX_BODY,
-              governance: Governance | None = None) -> web.Application:
-    """The aiohttp application (no socket): used by :class:`SocketServer`, tests and bench."""
-    allowed = frozenset(allowed_uids)
+              governance: Governance | None = None,
+              admin_uids: list[int] | None = None) -> web.Application:
+    """The aiohttp application (no socket): used by :class:`SocketServer`, tests and bench.
+
+    ``allowed_uids`` may connect at all; of them, ``admin_uids`` (default: all of
+    them) may also write policies, change existing runs' budgets and policy, and
+    cancel other callers' approvals and runs. The others are agents.
+    """
+    admins = frozenset(allowed_uids if admin_uids is None else admin_uids)
+    allowed = frozenset(allowed_uids) | admins
 
     @web.middleware
     async def guard(request: web.Request, handler) -> web.StreamResponse:
@@ -163,6 +178,7 @@ def build_app(store: Store, manager: ApprovalManager, allowed_uids: list[int],
                             sorted(allowed), request.method, request.path)
                 return error_response(403, "forbidden",
                                       f"uid {uid} may not use this socket")
+            request[CALLER] = Caller(uid, uid in admins)
             return await handler(request)
         except TapgateError as exc:
             return _tapgate_error(exc)
@@ -199,14 +215,20 @@ def build_app(store: Store, manager: ApprovalManager, allowed_uids: list[int],
 
 
 class SocketServer:
-    """Serves the API on a Unix socket created with mode 0600 inside the running loop."""
+    """Serves the API on a Unix socket (mode 0600, or 0666 for other uids) inside the loop."""
 
     def __init__(self, path: Path | str, allowed_uids: list[int], store: Store,
                  manager: ApprovalManager, pricer: Pricer | None = None,
-                 max_body: int = MAX_BODY, governance: Governance | None = None):
+                 max_body: int = MAX_BODY, governance: Governance | None = None,
+                 admin_uids: list[int] | None = None):
         self.path = Path(path)
-        self.allowed_uids = list(allowed_uids)
-        self.app = build_app(store, manager, self.allowed_uids, pricer, max_body, governance)
+        self.allowed_uids = list(dict.fromkeys([*allowed_uids, *(admin_uids or [])]))
+        self.app = build_app(store, manager, self.allowed_uids, pricer, max_body, governance,
+                             admin_uids)
+        # The file mode only lets uids reach the uid check: 0600 when the bot's own uid is
+        # the only one allowed, else 0666 (SO_PEERCRED decides who is served; the socket's
+        # directory must be reachable by the agents' uids too).
+        self.mode = 0o600 if set(self.allowed_uids) <= {os.getuid()} else 0o666
         self._runner: web.AppRunner | None = None
         self._inode: int | None = None
 
@@ -246,7 +268,7 @@ class SocketServer:
             # window in which another user could connect, and no process-wide umask.
             os.fchmod(sock.fileno(), 0o600)
             sock.bind(str(self.path))
-            os.chmod(self.path, 0o600)
+            os.chmod(self.path, self.mode)
             sock.listen(512)
             sock.setblocking(False)
         except OSError as exc:

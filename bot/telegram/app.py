@@ -1,4 +1,5 @@
-"""Wiring python-telegram-bot: the Application, its handlers, its rate limiter."""
+"""Wiring python-telegram-bot: the Application, its handlers, its rate limiter, and how
+updates are scheduled (:mod:`bot.telegram.updates`)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ from telegram.request import HTTPXRequest
 from bot.approvals import ApprovalManager
 from bot.config import Settings
 from bot.telegram import handlers, render
+from bot.telegram.gate import Gate, Refusals
 from bot.telegram.notifier import TelegramNotifier
+from bot.telegram.updates import ChatLanes
 from storage.store import Store
 
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
 POLL_TIMEOUT = 10
+STOP_GRACE = 2.0  # seconds running handlers get at shutdown before they are cancelled
 
 
 def build_application(settings: Settings, manager: ApprovalManager, store: Store,
@@ -32,6 +36,7 @@ def build_application(settings: Settings, manager: ApprovalManager, store: Store
         .base_url(f"{api}/bot")
         .base_file_url(f"{api}/file/bot")
         .rate_limiter(AIORateLimiter(max_retries=max_retries))
+        .concurrent_updates(ChatLanes())
         .request(HTTPXRequest(connection_pool_size=32, connect_timeout=10, read_timeout=20,
                               write_timeout=20, pool_timeout=10))
         .get_updates_request(HTTPXRequest(connect_timeout=10, read_timeout=POLL_TIMEOUT + 10))
@@ -41,7 +46,8 @@ def build_application(settings: Settings, manager: ApprovalManager, store: Store
     manager.subscribe(notifier.on_approval)
     app.bot_data["tapgate"] = handlers.FrontEnd(
         manager=manager, store=store, notifier=notifier,
-        approver_ids=set(settings.approver_user_ids))
+        gate=Gate(set(settings.approver_user_ids), settings.approver_chat_ids),
+        refusals=Refusals())
     app.add_handler(CallbackQueryHandler(handlers.on_callback))
     app.add_handler(CommandHandler(["start", "help"], handlers.on_help))
     app.add_handler(CommandHandler("pending", handlers.on_pending))
@@ -54,6 +60,16 @@ def build_application(settings: Settings, manager: ApprovalManager, store: Store
 
 def front_end(app: Application) -> handlers.FrontEnd:
     return app.bot_data["tapgate"]
+
+
+async def stop_handling(app: Application, grace: float = STOP_GRACE) -> None:
+    """Before ``app.stop()``: give running handlers ``grace`` seconds, then cancel them,
+    and cancel refusals still in flight. ``app.stop()`` waits for every update's
+    handler, and one held by a group's pacer could otherwise hold shutdown for minutes."""
+    processor = app.update_processor
+    if isinstance(processor, ChatLanes):
+        await processor.close(grace)
+    await front_end(app).refusals.close()
 
 
 BOT_COMMANDS = [BotCommand(name, text) for name, text in render.COMMANDS]

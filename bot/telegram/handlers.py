@@ -1,16 +1,21 @@
 """Telegram update handlers: small, and deciding nothing themselves.
 
-Each checks who is asking, calls the approval manager, and answers with a
-text from :mod:`bot.telegram.render`. Every callback query is answered, even
-for forged data, strangers and errors; an answer Telegram refuses (the query
+Each checks who is asking and where (:mod:`bot.telegram.gate`), calls the
+approval manager or the store, and answers with a text from
+:mod:`bot.telegram.render`. Every callback query is answered, even for forged
+data, strangers, other chats and errors; an answer Telegram refuses (the query
 is too old because the tap came while the bot was down) does not undo the
-decision, which is already committed.
+decision, which is already committed. Every handler is wrapped by
+:func:`guarded`: a failure is logged and the user gets a short error instead
+of silence.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +26,8 @@ from telegram.ext import ContextTypes
 from bot.approvals import ApprovalManager
 from bot.telegram import render
 from bot.telegram.chart import daily_spend_png
+from bot.telegram.fit import clip
+from bot.telegram.gate import Access, Gate, Refusals
 from bot.telegram.notifier import TelegramNotifier
 from bot.window import describe as window_label
 from bot.window import parse_instant
@@ -30,6 +37,8 @@ from storage.store import Store
 
 log = logging.getLogger(__name__)
 
+Handler = Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]
+
 
 @dataclass
 class FrontEnd:
@@ -38,7 +47,8 @@ class FrontEnd:
     manager: ApprovalManager
     store: Store
     notifier: TelegramNotifier
-    approver_ids: set[int]
+    gate: Gate
+    refusals: Refusals = field(default_factory=Refusals)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,58 +64,9 @@ def describe(user: User) -> str:
 
 async def _answer(query, text: str, alert: bool = False) -> None:
     try:
-        await query.answer(text[: render.MAX_ANSWER], show_alert=alert)
+        await query.answer(text, show_alert=alert)
     except TelegramError as exc:  # e.g. "query is too old": the decision still counts
         log.info("could not answer callback query %s: %s", query.id, exc)
-
-
-async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A tap on Approve or Deny."""
-    query = update.callback_query
-    fe = front(context)
-    user = query.from_user
-    if user is None or user.id not in fe.approver_ids:
-        log.warning("refused tap by non-approver %s on %r", user and describe(user), query.data)
-        await _answer(query, "⛔ You are not allowed to decide on requests.", alert=True)
-        return
-    try:
-        approval_id, status = parse_callback_data(query.data or "")
-        approval = await fe.manager.resolve(approval_id, status, describe(user))
-    except InvalidArgument:
-        log.warning("malformed callback data %r from %s", query.data, describe(user))
-        await _answer(query, "⚠️ This button is not valid.")
-        return
-    except NotFound:
-        await _answer(query, "⚠️ Unknown request.")
-        return
-    except AlreadyFinal as exc:
-        await _answer(query, render.already_answer(exc.approval))
-        message = query.message
-        if message is not None and getattr(message, "reply_markup", None) is not None:
-            fe.notifier.repair(message.chat.id, message.message_id, exc.approval)
-        return
-    except Exception:
-        log.exception("could not decide on %r", query.data)
-        await _answer(query, "⚠️ Something went wrong; please try again.")
-        return
-    await asyncio.sleep(0)  # let the woken agents' waits return before we build the answer
-    await _answer(query, render.decided_answer(approval))
-
-
-async def _allowed(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
-    user = update.effective_user
-    if user is not None and user.id in front(context).approver_ids:
-        return True
-    who = describe(user) if user else "unknown"
-    log.warning("refused command %r from non-approver %s",
-                update.effective_message and update.effective_message.text, who)
-    if update.effective_message is not None:
-        uid = user.id if user else "?"
-        await update.effective_message.reply_text(
-            f"⛔ You are not an approver here. Your Telegram user id is <code>{uid}</code>; "
-            "the bot's owner can add it to TAPGATE_APPROVER_USER_IDS.",
-            parse_mode=render.PARSE_MODE)
-    return False
 
 
 async def _reply(update: Update, text: str, markup=None) -> None:
@@ -113,15 +74,92 @@ async def _reply(update: Update, text: str, markup=None) -> None:
                                               reply_markup=markup)
 
 
+def guarded(handler: Handler) -> Handler:
+    """``handler``, but a failure is logged and answered with a short error."""
+
+    @functools.wraps(handler)
+    async def run(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        try:
+            await handler(update, context)
+        except Exception:
+            log.exception("%s failed on update %s", handler.__name__,
+                          getattr(update, "update_id", "?"))
+            try:
+                if update.callback_query is not None:
+                    await _answer(update.callback_query, render.FAILED)
+                elif update.effective_message is not None:
+                    await _reply(update, render.FAILED)
+            except Exception as exc:  # Telegram unreachable too: the log has the failure
+                log.warning("could not report the failure to the user: %s", exc)
+
+    return run
+
+
+@guarded
+async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A tap on Approve or Deny."""
+    query = update.callback_query
+    fe = front(context)
+    user = query.from_user
+    message = query.message
+    access = fe.gate.check(user, message.chat if message is not None else None)
+    if access is not Access.ALLOWED:
+        log.warning("refused tap by %s in chat %s (%s) on %r", user and describe(user),
+                    message and message.chat.id, access.value, query.data)
+        text = (render.REFUSE_TAP_STRANGER if access is Access.STRANGER
+                else render.REFUSE_TAP_ELSEWHERE)
+        await _answer(query, text, alert=True)
+        return
+    try:
+        approval_id, status = parse_callback_data(query.data or "")
+        approval = await fe.manager.resolve(approval_id, status, describe(user))
+    except InvalidArgument:
+        log.warning("malformed callback data %r from %s", query.data, describe(user))
+        await _answer(query, render.INVALID_BUTTON)
+        return
+    except NotFound:
+        await _answer(query, render.UNKNOWN_REQUEST)
+        return
+    except AlreadyFinal as exc:
+        await _answer(query, render.already_answer(exc.approval))
+        if message is not None and getattr(message, "reply_markup", None) is not None:
+            fe.notifier.repair(message.chat.id, message.message_id, exc.approval)
+        return
+    await asyncio.sleep(0)  # let the woken agents' waits return before we build the answer
+    await _answer(query, render.decided_answer(approval))
+
+
+def _admitted(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
+    """True if the sender may use commands in this chat. Otherwise a refusal is offered
+    (rate-limited, sent in the background: never awaited here) and False returned."""
+    fe = front(context)
+    user, chat, message = update.effective_user, update.effective_chat, update.effective_message
+    access = fe.gate.check(user, chat)
+    if access is Access.ALLOWED:
+        return True
+    uid = user.id if user else None
+    if message is not None:
+        text = render.refusal(access is Access.STRANGER, uid)
+        started = fe.refusals.offer(uid, lambda: message.reply_text(
+            text, parse_mode=render.PARSE_MODE))
+        if started:  # one line per refusal sent, not per message of a flood
+            log.warning("refused command %r from %s in chat %s (%s)",
+                        clip(message.text or "", 60), describe(user) if user else "?",
+                        chat.id if chat else "?", access.value)
+    return False
+
+
+@guarded
 async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/start and /help."""
-    if await _allowed(update, context):
+    if _admitted(update, context):
         await _reply(update, render.HELP)
 
 
+@guarded
 async def on_pending(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/pending: the oldest pending requests with their buttons."""
-    if not await _allowed(update, context):
+    if not _admitted(update, context):
         return
     store = front(context).store
     listed = await store.run(store.list_approvals, "pending", render.PENDING_LISTED + 1, True)
@@ -133,13 +171,11 @@ async def on_pending(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
 
 
 async def _decide(update: Update, context: ContextTypes.DEFAULT_TYPE, status: str) -> None:
-    if not await _allowed(update, context):
+    if not _admitted(update, context):
         return
     args = context.args or []
-    verb = "approve" if status == "approved" else "deny"
     if not args:
-        usage = "/approve &lt;id&gt;" if verb == "approve" else "/deny &lt;id&gt; [reason]"
-        await _reply(update, f"Usage: {usage}")
+        await _reply(update, render.usage("approve" if status == "approved" else "deny"))
         return
     approval_id = args[0]
     reason = " ".join(args[1:]) or None
@@ -148,20 +184,21 @@ async def _decide(update: Update, context: ContextTypes.DEFAULT_TYPE, status: st
         approval = await fe.manager.resolve(approval_id, status, describe(update.effective_user),
                                             reason)
     except NotFound:
-        await _reply(update, f"⚠️ No request <code>{render.esc(approval_id)}</code>.")
+        await _reply(update, render.no_such_request(approval_id))
         return
     except AlreadyFinal as exc:
-        await _reply(update, render.esc(render.already_answer(exc.approval)))
+        await _reply(update, render.already_reply(exc.approval))
         return
-    await _reply(update, f"{render.decided_answer(approval)}: <code>{render.esc(approval.id)}"
-                         f"</code> {render.esc(approval.summary[:200])}")
+    await _reply(update, render.decided_reply(approval))
 
 
+@guarded
 async def on_approve(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/approve <id>."""
     await _decide(update, context, "approved")
 
 
+@guarded
 async def on_deny(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/deny <id> [reason]."""
     await _decide(update, context, "denied")
@@ -183,30 +220,30 @@ def parse_spend_args(args: list[str], now) -> tuple[str, Any, Any]:
     return by, since, until
 
 
+@guarded
 async def on_spend(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/spend [by] [since] [until]: a table of what the agents cost (+ a chart by day)."""
-    if not await _allowed(update, context):
+    if not _admitted(update, context):
         return
     store = front(context).store
     try:
         by, since, until = parse_spend_args(context.args or [], store.clock())
         summary = await store.run(store.summarize_ledger, by, since, until)
     except InvalidArgument as exc:
-        await _reply(update, f"⚠️ {render.esc(exc)}\nUsage: /spend [by] [since] [until] — by: "
-                             "model, provider, day, name or metadata.KEY; since/until: today, "
-                             "7d, 30d, YYYY-MM-DD or RFC 3339")
+        await _reply(update, render.spend_error(str(exc)))
         return
     label = window_label(since, until)
     await _reply(update, render.spend_table(summary, label))
     if by == "day" and summary.groups:
+        # Drawn on a thread: only this chat's lane waits for it (bot.telegram.updates).
         png = await asyncio.get_running_loop().run_in_executor(
             None, daily_spend_png, summary, f"Daily spend, {label}")
         await update.effective_message.reply_photo(
-            png, caption=f"Daily spend · {render.esc(label)} · total "
-                         f"${summary.total.dollars:,.2f}", parse_mode=render.PARSE_MODE)
+            png, caption=render.spend_caption(label, summary.total.dollars),
+            parse_mode=render.PARSE_MODE)
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Log handler errors without a crash; the update is not retried."""
+    """Log errors PTB reports outside the handlers (they answer their own); no crash."""
     log.error("error while handling an update: %s", context.error,
               exc_info=context.error if log.isEnabledFor(logging.DEBUG) else None)

@@ -1,24 +1,36 @@
 """Turns approval events into sent and edited Telegram messages.
 
 The database is the outbox: each approval has one row per approver chat
-saying which message was posted and which status it shows. Whatever lags
-(never posted; showing an old status) is owed, and one worker per chat pays
-it, in order. So a 429, a network failure or a restart delays a message but
-never loses it, and a group chat paced at 20 messages a minute never holds up
-a private chat.
+saying which message was posted and which status it shows, and ``owed`` while
+it lags. One worker per chat pays what is owed, so a 429, a network failure or
+a restart delays a message but never loses it, and a group chat paced at 20
+messages a minute never holds up a private chat.
+
+Within a chat, still-pending requests go first (newest first), then edits of
+posted copies, then requests decided before their copy was ever posted: more
+than ``DIGEST_MIN`` of those become one digest message instead of a replay.
+A chat that refuses the bot (403) is retried with its own backoff; a copy
+Telegram refuses for good (400) is given up alone; a refused text falls back
+to plain text so every copy still ends up showing its outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
+import re
+from collections.abc import Callable
 from datetime import timedelta
 
-from telegram import Bot
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError
+from telegram import Bot, InlineKeyboardMarkup, Message
+from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
 
 from bot.telegram import render
+from bot.telegram.fit import clip, one_line
+from storage.approvals import UnpostedOutcome
+from storage.errors import StorageError
 from storage.records import Approval, MessageRef
 from storage.store import Store
 
@@ -26,25 +38,70 @@ log = logging.getLogger(__name__)
 
 QUIET_EDIT_ERRORS = ("message is not modified", "message to edit not found",
                      "message can't be edited", "message_id_invalid")
+# Telegram refuses the text, not the message: the same request as plain text gets through.
+TEXT_ERRORS = ("can't parse entities", "message is too long", "text is too long",
+               "entities_too_long", "message_too_long")
+DIGEST_MIN = 3
+_TAG = re.compile(r"<[^>]+>")
 
 
 def _seconds(value: float | timedelta) -> float:
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
+def _says(exc: TelegramError, needles: tuple[str, ...]) -> bool:
+    text = str(exc).lower()
+    return any(n in text for n in needles)
+
+
+def plain_text(approval: Approval) -> str:
+    """The minimal text of a copy whose full text Telegram refuses: outcome, id and kind,
+    without entities (nothing left to parse) and far below 4096 characters."""
+    status = approval.status
+    line = f"{render.OUTCOME_ICON[status]} {render.OUTCOME_WORD[status]}"
+    if status in ("approved", "denied"):
+        line += f" by {render.who(approval.decided_by)}"
+    return f"{line} · request {approval.id} ({clip(one_line(approval.kind), 64)})"
+
+
+def backoff_kind(exc: BaseException) -> str:
+    """Which backoff a failed round takes: the database comes back within seconds (and
+    must be caught up at once), a chat that refuses the bot may take hours, anything
+    else (network, Telegram 5xx) is an outage."""
+    if isinstance(exc, StorageError):
+        return "storage"
+    if isinstance(exc, Forbidden | ChatMigrated):
+        return "refused"
+    return "outage"
+
+
 class TelegramNotifier:
-    """Posts new requests to every approver chat and edits every copy to its outcome."""
+    """Posts new requests to every approver chat and edits every copy to its outcome.
+
+    Backoff after failed rounds, per chat, doubling from base to cap: database
+    errors ``storage_base``/``storage_max`` (≤ 2 s: the bot must be caught up
+    within seconds of the database returning); a chat refusing the bot
+    ``refusal_base``/``refusal_max``; network and Telegram outages
+    ``retry_base``/``retry_max``. ``page`` is how many owed copies one round reads.
+    """
 
     def __init__(self, bot: Bot, store: Store, chat_ids: list[int],
-                 retry_base: float = 0.5, retry_max: float = 30.0):
+                 retry_base: float = 0.5, retry_max: float = 30.0,
+                 refusal_base: float = 1.0, refusal_max: float = 300.0,
+                 storage_base: float = 0.1, storage_max: float = 1.0, page: int = 200):
         self.bot = bot
         self.store = store
         self.chat_ids = list(dict.fromkeys(chat_ids))
-        self.retry_base = retry_base
-        self.retry_max = retry_max
+        self.retry_base, self.retry_max = retry_base, retry_max
+        self.refusal_base, self.refusal_max = refusal_base, refusal_max
+        self.storage_base, self.storage_max = storage_base, storage_max
+        self.page = page
         self._dirty: dict[int, bool] = {}
+        self._failures: dict[int, dict[str, int]] = {}
+        # Per chat: records of what Telegram already shows that the database has not
+        # taken yet (it failed); written before anything else, so nothing is sent twice.
+        self._unrecorded: dict[int, list[Callable[[], object]]] = {}
         self._workers: dict[int, asyncio.Task] = {}
-        self._skip: set[int] = set()  # refs Telegram refuses for good (until restart)
         self._repairs: set[asyncio.Task] = set()
         self._running = False
 
@@ -89,26 +146,24 @@ class TelegramNotifier:
 
     @property
     def idle(self) -> bool:
-        """True when no worker or repair is running (everything owed was paid or skipped)."""
+        """True when no worker or repair is running (everything owed was paid or given up)."""
         return all(t.done() for t in [*self._workers.values(), *self._repairs])
+
+    def backoff(self, kind: str, failures: int) -> float:
+        """Seconds to wait after ``failures`` failed rounds in a row of this kind."""
+        base, cap = {"storage": (self.storage_base, self.storage_max),
+                     "refused": (self.refusal_base, self.refusal_max)
+                     }.get(kind, (self.retry_base, self.retry_max))
+        return min(cap, base * 2 ** min(failures - 1, 20))
 
     # --- the per-chat worker ----------------------------------------------------------
 
     async def _work(self, chat_id: int) -> None:
-        failures = 0
         while self._running and self._dirty.get(chat_id):
             self._dirty[chat_id] = False
             try:
-                owed = await self.store.run(self.store.messages_owed, chat_id)
-                for ref, approval in owed:
-                    if not self._running:
-                        return
-                    if ref.id in self._skip:
-                        continue
-                    await self._pay(ref, approval)
-                    failures = 0
-                if any(ref.id not in self._skip for ref, _ in owed):
-                    self._dirty[chat_id] = True  # there may be more than one page
+                await self._flush(chat_id)
+                await self._pay_owed(chat_id)
             except asyncio.CancelledError:
                 raise
             except RetryAfter as exc:
@@ -116,62 +171,133 @@ class TelegramNotifier:
                 log.warning("Telegram asks to wait %.0f s (chat %s)", _seconds(exc.retry_after),
                             chat_id)
                 await asyncio.sleep(_seconds(exc.retry_after))
-            except Exception as exc:  # network down, Telegram 5xx, database hiccup
+            except Exception as exc:  # refused, network down, Telegram 5xx, database hiccup
                 self._dirty[chat_id] = True
-                failures += 1
-                delay = min(self.retry_max, self.retry_base * 2 ** min(failures - 1, 10))
+                kind = backoff_kind(exc)
+                failures = self._failures.setdefault(chat_id, {})
+                failures[kind] = failures.get(kind, 0) + 1
+                delay = self.backoff(kind, failures[kind])
                 log.warning("could not sync chat %s (%s: %s); retrying in %.1f s",
                             chat_id, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
 
+    async def _pay_owed(self, chat_id: int) -> None:
+        """Pay one page of the chat's owed copies, in the store's priority order. Returns
+        early (to read again) when something changed: a new request goes first."""
+        owed = await self.store.run(self.store.messages_owed, chat_id, self.page)
+        backlog: list[UnpostedOutcome] | None = None
+        for ref, approval in owed:
+            if not self._running:
+                return
+            if approval.is_final and ref.message_id is None:
+                # Only the backlog is left (the order puts it last): fold it into one
+                # digest instead of replaying old requests one by one.
+                if backlog is None:
+                    backlog = await self.store.run(self.store.unposted_outcomes, chat_id)
+                if len(backlog) > DIGEST_MIN:
+                    await self._digest(chat_id, backlog)
+                    self._failures.pop(chat_id, None)
+                    self._dirty[chat_id] = True
+                    return
+            await self._pay(ref, approval)
+            self._failures.pop(chat_id, None)
+            if self._dirty.get(chat_id):
+                return  # kicked meanwhile: read again, so a new request is not queued behind
+        if owed:
+            self._dirty[chat_id] = True  # there may be more than one page
+
     async def _pay(self, ref: MessageRef, approval: Approval) -> None:
         """Bring one copy in line with its approval."""
-        if ref.message_id is None:
-            # A request decided before its copy reached this chat (a paced group, an
-            # outage) is still posted, showing its outcome and no buttons: the chat's
-            # history keeps every request.
-            markup = None if approval.is_final else render.request_keyboard(approval)
-            try:
-                message = await self.bot.send_message(
-                    ref.chat_id, render.request_text(approval), parse_mode=render.PARSE_MODE,
-                    reply_markup=markup)
-            except (BadRequest, Forbidden) as exc:
-                self._give_up(ref, exc)
-                return
-            # Shielded: once Telegram has the message, its id must be recorded even if
-            # we are being stopped, or the next start would post it again.
-            await asyncio.shield(self.store.run(self.store.record_message, ref.id,
-                                                approval.status, message.message_id))
+        if ref.message_id is not None:
+            await self._edit(ref.chat_id, ref.message_id, approval, ref)
             return
-        await self._edit(ref.chat_id, ref.message_id, approval, ref)
+        # A request decided before its copy reached this chat (a paced group, an
+        # outage) is still posted, showing its outcome and no buttons.
+        try:
+            message = await self._send(ref.chat_id, approval)
+        except BadRequest as exc:
+            await self._give_up(ref, approval, exc)
+            return
+        await self._record(ref.chat_id, lambda: self.store.record_message(
+            ref.id, approval.status, message.message_id))
+
+    async def _send(self, chat_id: int, approval: Approval) -> Message:
+        markup = None if approval.is_final else render.request_keyboard(approval)
+        try:
+            return await self.bot.send_message(chat_id, render.request_text(approval),
+                                               parse_mode=render.PARSE_MODE, reply_markup=markup)
+        except BadRequest as exc:
+            if not _says(exc, TEXT_ERRORS):
+                raise
+            log.warning("Telegram refused the text of %s for chat %s (%s); posting plain text",
+                        approval.id, chat_id, exc)
+        return await self.bot.send_message(chat_id, plain_text(approval), reply_markup=markup)
 
     async def _edit(self, chat_id: int, message_id: int, approval: Approval,
                     ref: MessageRef | None) -> None:
-        text = render.request_text(approval)
+        # Without reply_markup Telegram removes the buttons, which is what a final state wants.
         markup = None if approval.is_final else render.request_keyboard(approval)
         try:
-            # Without reply_markup Telegram removes the buttons, which is what a final state wants.
-            await self.bot.edit_message_text(text, chat_id=chat_id, message_id=message_id,
-                                             parse_mode=render.PARSE_MODE, reply_markup=markup)
+            await self._edit_text(chat_id, message_id, approval, markup)
         except BadRequest as exc:
-            if not any(q in str(exc).lower() for q in QUIET_EDIT_ERRORS):
-                if ref is not None:
-                    self._give_up(ref, exc)
-                    return
-                raise
-            log.debug("edit of %s/%s: %s", chat_id, message_id, exc)
-        except Forbidden as exc:
-            if ref is not None:
-                self._give_up(ref, exc)
+            if not _says(exc, QUIET_EDIT_ERRORS):
+                if ref is None:
+                    raise
+                await self._give_up(ref, approval, exc)
                 return
-            raise
+            log.debug("edit of %s/%s: %s", chat_id, message_id, exc)
         if ref is not None:
             await self.store.run(self.store.record_message, ref.id, approval.status)
 
-    def _give_up(self, ref: MessageRef, exc: TelegramError) -> None:
-        self._skip.add(ref.id)
+    async def _edit_text(self, chat_id: int, message_id: int, approval: Approval,
+                         markup: InlineKeyboardMarkup | None) -> None:
+        try:
+            await self.bot.edit_message_text(render.request_text(approval), chat_id=chat_id,
+                                             message_id=message_id, parse_mode=render.PARSE_MODE,
+                                             reply_markup=markup)
+            return
+        except BadRequest as exc:
+            if not _says(exc, TEXT_ERRORS):
+                raise
+            log.warning("Telegram refused the text of %s/%s (%s); editing to plain text",
+                        chat_id, message_id, exc)
+        await self.bot.edit_message_text(plain_text(approval), chat_id=chat_id,
+                                         message_id=message_id, reply_markup=markup)
+
+    async def _digest(self, chat_id: int, backlog: list[UnpostedOutcome]) -> None:
+        """One message listing the requests decided before their copy was posted here;
+        their copies are then settled without a message of their own."""
+        text = render.outcomes_digest([(b.approval_id, b.kind, b.status) for b in backlog])
+        try:
+            await self.bot.send_message(chat_id, text, parse_mode=render.PARSE_MODE)
+        except BadRequest as exc:
+            if not _says(exc, TEXT_ERRORS):
+                raise
+            await self.bot.send_message(chat_id, html.unescape(_TAG.sub("", text)))
+        ref_ids = [b.ref_id for b in backlog]
+        await self._record(chat_id, lambda: self.store.settle_unposted(ref_ids))
+
+    async def _record(self, chat_id: int, write: Callable[[], object]) -> None:
+        """Write what Telegram now shows. Shielded: once Telegram has the message, the
+        record must be made even if we are being stopped; kept and retried first if the
+        database fails, or the next round would post the message again."""
+        self._unrecorded.setdefault(chat_id, []).append(write)
+        await asyncio.shield(self._flush(chat_id))
+
+    async def _flush(self, chat_id: int) -> None:
+        pending = self._unrecorded.get(chat_id, [])
+        while pending:
+            write = pending[0]
+            await self.store.run(write)
+            with contextlib.suppress(ValueError):  # a shielded flush may have taken it
+                pending.remove(write)
+
+    async def _give_up(self, ref: MessageRef, approval: Approval, exc: TelegramError) -> None:
+        """Telegram refuses this one copy for good: stop owing it (unless its approval
+        moved on meanwhile), so it never holds up the copies behind it."""
         log.error("Telegram refused message %s of approval %s in chat %s: %s",
                   ref.id, ref.approval_id, ref.chat_id, exc)
+        await self.store.run(self.store.give_up_message, ref.id, approval.status)
 
     # --- repairs ----------------------------------------------------------------------
 
@@ -183,20 +309,20 @@ class TelegramNotifier:
             return
 
         async def _repair() -> None:
-            ref = await self.store.run(self.store.find_message, chat_id, message_id)
-            if ref is None or ref.approval_id != approval.id:
-                return
             for attempt in range(5):
                 try:
+                    ref = await self.store.run(self.store.find_message, chat_id, message_id)
+                    if ref is None or ref.approval_id != approval.id:
+                        return
                     await self._edit(chat_id, message_id, approval, ref)
                     return
-                except BadRequest as exc:
+                except (Forbidden, ChatMigrated) as exc:
                     log.warning("could not repair %s/%s: %s", chat_id, message_id, exc)
                     return
                 except RetryAfter as exc:
                     await asyncio.sleep(_seconds(exc.retry_after))
-                except NetworkError:
-                    await asyncio.sleep(self.retry_base * 2 ** attempt)
+                except Exception as exc:  # network or database: a few quick retries
+                    await asyncio.sleep(self.backoff(backoff_kind(exc), attempt + 1))
 
         task = asyncio.create_task(_repair(), name=f"tapgate-repair-{chat_id}-{message_id}")
         self._repairs.add(task)

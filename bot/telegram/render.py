@@ -1,63 +1,68 @@
 """Texts and keyboards for Telegram, in HTML parse mode, escaped everywhere.
 
-Pure functions of records: no I/O, no decisions. Telegram's 4096-character
-limit applies to the text the user sees (tags removed, entities decoded,
-counted in UTF-16 code units), so lengths are measured that way.
+Pure functions of records: no I/O, no decisions. Every text fits Telegram's
+limits as Telegram counts them (see :mod:`bot.telegram.fit`): fields have
+bounds, and what can be long (a payload, a reason) is cut with a note saying
+so — the full value stays stored.
+
+Whose voice: a request an agent submitted is shown under the agent's name with
+its summary quoted, so nothing an agent writes can pass for the bot's own
+words. Only ``budget.grant`` approvals (reserved: the bot writes their summary
+and payload itself) are shown in the bot's voice, as "💸 Budget alert".
 """
 
 from __future__ import annotations
 
-import html
 import json
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
-from storage.records import Approval, UsageSummary
+from bot.telegram.fit import (
+    MAX_ANSWER,
+    MAX_TEXT,
+    clip,
+    cut,
+    esc,
+    fmt_time,
+    one_line,
+    units,
+    visible_length,
+)
+from bot.telegram.render_spend import spend_caption, spend_error, spend_table
+from storage.records import Approval
+
+__all__ = [
+    "MAX_ANSWER", "MAX_TEXT", "PARSE_MODE", "already_answer", "callback_data", "decided_answer",
+    "decided_reply", "esc", "fmt_time", "outcome_line", "payload_text", "pending_listing",
+    "request_keyboard", "request_text", "spend_caption", "spend_error", "spend_table",
+    "visible_length", "who",
+]
 
 PARSE_MODE = "HTML"
-MAX_TEXT = 4096
-MAX_ANSWER = 200
-PENDING_LISTED = 10
-_TAG = re.compile(r"<[^>]+>")
+GRANT_KIND = "budget.grant"
+
+FIELD_MAX = 200  # agent, kind, run id: the API's bound, in UTF-16 units as a backstop
+SUMMARY_MAX = 1000  # 500 characters, each possibly astral
+WHO_MAX = 100
+PAYLOAD_RESERVE = 500  # a long reason leaves at least this much for the payload preview
 
 OUTCOME_ICON = {"approved": "✅", "denied": "❌", "expired": "⌛", "cancelled": "↩️",
                 "pending": "⏳"}
 OUTCOME_WORD = {"approved": "Approved", "denied": "Denied", "expired": "Expired",
                 "cancelled": "Withdrawn", "pending": "Pending"}
 
-
-def esc(value: Any) -> str:
-    """Escape any value for HTML parse mode."""
-    return html.escape(str(value), quote=False)
-
-
-def visible_length(text: str) -> int:
-    """Length Telegram counts: tags stripped, entities decoded, in UTF-16 code units."""
-    plain = html.unescape(_TAG.sub("", text))
-    return len(plain.encode("utf-16-le")) // 2
-
-
-def _utf16_cut(text: str, units: int) -> str:
-    """The longest prefix of ``text`` that is at most ``units`` UTF-16 code units."""
-    encoded = text.encode("utf-16-le")[: max(units, 0) * 2]
-    return encoded.decode("utf-16-le", errors="ignore")
-
-
-def fmt_time(value: datetime | None) -> str:
-    if value is None:
-        return "-"
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+PAYLOAD_NOTE = "\n✂️ <i>Payload truncated: showing {shown:,} of {total:,} characters.</i>"
+REASON_NOTE = "\n✂️ <i>Reason truncated: showing {shown:,} of {total:,} characters.</i>"
 
 
 def who(decided_by: str | None) -> str:
-    """``telegram:123 (@alice)`` → ``@alice``; other deciders as they are."""
+    """``telegram:123 (@alice)`` → ``@alice``; other deciders as they are (one line, bounded)."""
     if not decided_by:
         return "unknown"
     match = re.search(r"\((.+)\)$", decided_by)
-    return match.group(1) if match else decided_by
+    return clip(one_line(match.group(1) if match else decided_by), WHO_MAX)
 
 
 def payload_text(payload: Any) -> str:
@@ -72,7 +77,9 @@ def callback_data(approval_id: str, action: str) -> str:
     return f"appr:{approval_id}:{action}"
 
 
-GRANT_KIND = "budget.grant"
+def _field(value: str) -> str:
+    """An agent-supplied inline field, escaped: one line, bounded."""
+    return esc(clip(one_line(value), FIELD_MAX))
 
 
 def request_keyboard(approval: Approval) -> InlineKeyboardMarkup:
@@ -86,54 +93,73 @@ def request_keyboard(approval: Approval) -> InlineKeyboardMarkup:
     ]])
 
 
-def outcome_line(approval: Approval) -> str:
-    """One line saying how the request ended (HTML)."""
+def outcome_line(approval: Approval, reason_room: int | None = None) -> str:
+    """How the request ended (HTML); a reason longer than ``reason_room`` units is cut
+    with a note."""
     status = approval.status
     icon, word = OUTCOME_ICON[status], OUTCOME_WORD[status]
-    if status in ("approved", "denied"):
-        line = f"{icon} <b>{word} by {esc(who(approval.decided_by))}</b>"
-        if approval.reason:
-            line += f": {esc(approval.reason)}"
-        return f"{line}\n<i>{fmt_time(approval.decided_at)}</i>"
+    if status == "pending":
+        return f"{icon} <b>{word}</b> · expires {fmt_time(approval.expires_at)}"
     if status == "expired":
         return f"{icon} <b>{word}</b>\n<i>{fmt_time(approval.decided_at or approval.expires_at)}</i>"
-    if status == "cancelled":
-        line = f"{icon} <b>{word}</b>"
-        if approval.reason:
-            line += f": {esc(approval.reason)}"
-        return f"{line}\n<i>{fmt_time(approval.decided_at)}</i>"
-    return f"{icon} <b>{word}</b> · expires {fmt_time(approval.expires_at)}"
+    line = f"{icon} <b>{word}</b>"
+    if status in ("approved", "denied"):
+        line = f"{icon} <b>{word} by {esc(who(approval.decided_by))}</b>"
+    if approval.reason:
+        reason, total = approval.reason, units(approval.reason)
+        if reason_room is not None and total > reason_room:
+            shown = cut(reason, reason_room - 1)
+            note = REASON_NOTE.format(shown=units(shown), total=total)
+            line += f": {esc(shown)}…{note}"
+        else:
+            line += f": {esc(reason)}"
+    return f"{line}\n<i>{fmt_time(approval.decided_at)}</i>"
+
+
+def _head(approval: Approval) -> list[str]:
+    """Who is asking, and what: the agent's words quoted, the bot's only for budget alerts."""
+    run = [f"Run: <code>{_field(approval.run_id)}</code>"] if approval.run_id else []
+    summary = esc(clip(approval.summary, SUMMARY_MAX))
+    if approval.kind == GRANT_KIND:
+        return ["💸 <b>Budget alert</b>", f"<b>{summary}</b>", *run]
+    return [f"🔐 Request from agent <b>{_field(approval.agent)}</b>",
+            f"Kind: <code>{_field(approval.kind)}</code>", *run,
+            f"<blockquote>{summary}</blockquote>"]
 
 
 def request_text(approval: Approval) -> str:
-    """The request message: kind, summary, agent, run, payload preview, expiry/outcome, id.
+    """The request message: who asks, the quoted summary, run, payload preview,
+    expiry/outcome, id — at most 4096 visible characters whatever the field lengths.
 
-    The payload preview is cut (with a note saying how much is shown) so the
-    visible text fits in 4096 characters; the full payload stays stored.
+    A too-long reason is cut first (leaving room for a payload preview), then the
+    payload preview takes what is left; each cut says how much is shown.
     """
-    title = "💸 Budget alert" if approval.kind == GRANT_KIND else "🔐 Approval request"
-    head = [f"{title} · <code>{esc(approval.kind)}</code>",
-            f"<b>{esc(approval.summary)}</b>",
-            f"Agent: {esc(approval.agent)}"]
-    if approval.run_id:
-        head.append(f"Run: <code>{esc(approval.run_id)}</code>")
-    tail = [outcome_line(approval), f"ID: <code>{esc(approval.id)}</code>"]
+    head = "\n".join(_head(approval))
+    tail = f"ID: <code>{esc(approval.id)}</code>"
     body = payload_text(approval.payload)
+
+    def compose(outcome: str, payload_html: str) -> str:
+        middle = f"\n\n{payload_html}" if payload_html else ""
+        return f"{head}{middle}\n\n{outcome}\n{tail}"
+
+    outcome = outcome_line(approval)
+    if approval.reason:
+        bare = approval.model_copy(update={"reason": None})
+        frame = visible_length(compose(outcome_line(bare), "<pre>…</pre>" if body else ""))
+        room = (MAX_TEXT - frame - (PAYLOAD_RESERVE if body else 0) - 2  # ": " before it
+                - visible_length(REASON_NOTE.format(shown=10**6, total=10**6)))
+        outcome = outcome_line(approval, room)
     if not body:
-        return "\n".join(head + [""] + tail)
-    frame_before = "\n".join(head) + "\n\n<pre>"
-    frame_after = "</pre>\n\n" + "\n".join(tail)
-    full = frame_before + esc(body) + frame_after
+        return compose(outcome, "")
+    full = compose(outcome, f"<pre>{esc(body)}</pre>")
     if visible_length(full) <= MAX_TEXT:
         return full
-    total = len(body.encode("utf-16-le")) // 2
-    note_template = "\n✂️ <i>Payload truncated: showing {shown:,} of {total:,} characters.</i>"
-    budget = (MAX_TEXT - visible_length(frame_before + frame_after)
-              - visible_length(note_template.format(shown=total, total=total)) - 1)
-    cut = _utf16_cut(body, budget)
-    shown = len(cut.encode("utf-16-le")) // 2
-    note = note_template.format(shown=shown, total=total)
-    return frame_before + esc(cut) + "…</pre>" + note + "\n\n" + "\n".join(tail)
+    total = units(body)
+    budget = (MAX_TEXT - visible_length(compose(outcome, "<pre>…</pre>"))
+              - visible_length(PAYLOAD_NOTE.format(shown=total, total=total)))
+    shown = cut(body, budget)
+    note = PAYLOAD_NOTE.format(shown=units(shown), total=total)
+    return compose(outcome, f"<pre>{esc(shown)}…</pre>{note}")
 
 
 def already_answer(approval: Approval) -> str:
@@ -149,30 +175,94 @@ def already_answer(approval: Approval) -> str:
         text = "This request was withdrawn."
     else:
         text = "This request is still pending."
-    return text[:MAX_ANSWER]
+    return clip(text, MAX_ANSWER)
 
 
 def decided_answer(approval: Approval) -> str:
-    return f"{OUTCOME_ICON[approval.status]} {OUTCOME_WORD[approval.status]}"[:MAX_ANSWER]
+    return f"{OUTCOME_ICON[approval.status]} {OUTCOME_WORD[approval.status]}"
+
+
+def decided_reply(approval: Approval) -> str:
+    """The reply to ``/approve`` or ``/deny``: the outcome, the id, whose request it was."""
+    asker = ("💸 Budget alert" if approval.kind == GRANT_KIND
+             else f"request from agent <b>{esc(clip(one_line(approval.agent), 60))}</b>")
+    return (f"{decided_answer(approval)}: <code>{esc(approval.id)}</code> · {asker}\n"
+            f"<i>{esc(clip(one_line(approval.summary), 200))}</i>")
+
+
+PENDING_LISTED = 10
+LISTED_FIELD_MAX = 40
+LISTED_SUMMARY_MAX = 120
+
+
+def _listed(n: int, approval: Approval) -> str:
+    """One entry of ``/pending``: bounded, one line per part, the agent's words quoted."""
+    if approval.kind == GRANT_KIND:
+        who_asks = "💸 Budget alert"
+    else:
+        who_asks = (f"agent <b>{esc(clip(one_line(approval.agent), LISTED_FIELD_MAX))}</b> · "
+                    f"<code>{esc(clip(one_line(approval.kind), LISTED_FIELD_MAX))}</code>")
+    summary = esc(clip(one_line(approval.summary), LISTED_SUMMARY_MAX))
+    if approval.kind != GRANT_KIND:
+        summary = f"<i>“{summary}”</i>"
+    return (f"{n}. <code>{esc(approval.id)}</code> · {who_asks}\n   {summary}\n"
+            f"   expires {fmt_time(approval.expires_at)}")
 
 
 def pending_listing(approvals: list[Approval], more: int) -> tuple[str, InlineKeyboardMarkup | None]:
     """``/pending``: one message, oldest first, buttons per request, "and N more"."""
     if not approvals:
         return "No pending requests. 🎉", None
-    lines = [f"⏳ <b>Pending requests</b> ({len(approvals) + more})", ""]
-    rows = []
-    for n, a in enumerate(approvals, 1):
-        summary = a.summary if len(a.summary) <= 120 else a.summary[:119] + "…"
-        lines.append(f"{n}. <code>{esc(a.id)}</code> · {esc(a.kind)} · {esc(a.agent)}\n"
-                     f"   {esc(summary)}\n   expires {fmt_time(a.expires_at)}")
-        rows.append([
-            InlineKeyboardButton(f"✅ {n}", callback_data=callback_data(a.id, "approve")),
-            InlineKeyboardButton(f"❌ {n}", callback_data=callback_data(a.id, "deny")),
-        ])
-    if more:
-        lines.append(f"\n…and {more} more.")
-    return "\n".join(lines), InlineKeyboardMarkup(rows)
+    total = len(approvals) + more
+    shown = list(approvals)
+    while True:  # the bounds above make 10 entries fit; this keeps it so whatever they are
+        hidden = total - len(shown)
+        lines = [f"⏳ <b>Pending requests</b> ({total})", ""]
+        lines += [_listed(n, a) for n, a in enumerate(shown, 1)]
+        if hidden:
+            lines.append(f"\n…and {hidden} more.")
+        text = "\n".join(lines)
+        if visible_length(text) <= MAX_TEXT or len(shown) == 1:
+            break
+        shown.pop()
+    rows = [[InlineKeyboardButton(f"✅ {n}", callback_data=callback_data(a.id, "approve")),
+             InlineKeyboardButton(f"❌ {n}", callback_data=callback_data(a.id, "deny"))]
+            for n, a in enumerate(shown, 1)]
+    return text, InlineKeyboardMarkup(rows)
+
+
+def already_reply(approval: Approval) -> str:
+    return esc(already_answer(approval))
+
+
+def no_such_request(approval_id: str) -> str:
+    return f"⚠️ No request <code>{esc(clip(one_line(approval_id), 40))}</code>."
+
+
+def usage(verb: str) -> str:
+    if verb == "approve":
+        return "Usage: /approve &lt;id&gt;"
+    return "Usage: /deny &lt;id&gt; [reason]"
+
+
+FAILED = "⚠️ Something went wrong; the error was logged. Please try again."
+"""What a user sees when a handler fails (the message and the callback popup)."""
+
+REFUSE_TAP_STRANGER = "⛔ You are not allowed to decide on requests."
+REFUSE_TAP_ELSEWHERE = "⛔ Requests can only be decided in an approver chat."
+INVALID_BUTTON = "⚠️ This button is not valid."
+UNKNOWN_REQUEST = "⚠️ Unknown request."
+
+
+def refusal(stranger: bool, user_id: int | None) -> str:
+    """The one short answer a command gets where it is not allowed: a stranger in an
+    approver chat, or anyone in a chat that is not an approver chat. It tells the
+    sender their own user id (what the owner needs to add them) and nothing else."""
+    uid = "?" if user_id is None else str(user_id)
+    if stranger:
+        return (f"⛔ You are not an approver here. Your Telegram user id is <code>{uid}</code>; "
+                "the bot's owner can add it to TAPGATE_APPROVER_USER_IDS.")
+    return (f"⛔ This is not an approver chat. Your Telegram user id is <code>{uid}</code>.")
 
 
 HELP = (
@@ -195,34 +285,28 @@ COMMANDS = [
 ]
 
 
-def spend_table(summary: UsageSummary, window_label: str) -> str:
-    """``/spend``: a monospace table of the groups and a total line."""
-    header = ["KEY", "CALLS", "TOKENS", "DOLLARS"]
-    rows = [[g.key or "(empty)", f"{g.calls:,}", f"{g.prompt_tokens + g.completion_tokens:,}",
-             f"${g.dollars:,.4f}"] for g in summary.groups]
-    total = summary.total
-    footer = ["TOTAL", f"{total.calls:,}", f"{total.prompt_tokens + total.completion_tokens:,}",
-              f"${total.dollars:,.4f}"]
-    for row in rows:
-        if len(row[0]) > 28:
-            row[0] = row[0][:27] + "…"
-    widths = [max(len(r[i]) for r in [header, *rows, footer]) for i in range(4)]
+DIGEST_KIND_MAX = 40
 
-    def fmt(row: list[str]) -> str:
-        return "  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i])
-                         for i, c in enumerate(row))
 
-    lines = [fmt(header), *[fmt(r) for r in rows], "-" * len(fmt(header)), fmt(footer)]
-    title = f"💸 <b>Spend by {esc(summary.by)}</b> · {esc(window_label)}"
-    extra = ""
-    if summary.unpriced_calls:
-        extra = (f"\n⚠️ {summary.unpriced_calls:,} unpriced call(s) (unknown model price) "
-                 "are counted in calls and tokens but not in dollars.")
-    text = f"{title}\n<pre>{esc(chr(10).join(lines))}</pre>{extra}"
-    if visible_length(text) > MAX_TEXT:
-        keep = max(1, len(rows) - (visible_length(text) - MAX_TEXT) // (sum(widths) + 8) - 2)
-        cut = [fmt(r) for r in rows[:keep]]
-        lines = [fmt(header), *cut, f"… {len(rows) - keep} more groups", "-" * len(fmt(header)),
-                 fmt(footer)]
-        text = f"{title}\n<pre>{esc(chr(10).join(lines))}</pre>{extra}"
-    return text
+def outcomes_digest(items: list[tuple[str, str, str]]) -> str:
+    """One message for requests decided before their copy could be posted in a chat
+    (after an outage, or while the chat refused the bot), instead of replaying each.
+
+    ``items`` are ``(approval id, kind, status)``, newest first; as many lines as
+    fit in Telegram's 4096 visible characters are listed, then "…and N more".
+    """
+    head = (f"🗂 <b>{len(items):,} requests were decided before they could be posted "
+            "here</b>\n<i>Newest first; they are not posted one by one.</i>\n")
+    used, lines = visible_length(head), []
+    for n, (approval_id, kind, status) in enumerate(items):
+        icon, word = OUTCOME_ICON.get(status, "•"), OUTCOME_WORD.get(status, status)
+        line = (f"\n{icon} <code>{esc(approval_id)}</code> · "
+                f"{esc(clip(one_line(kind), DIGEST_KIND_MAX))} · {esc(word)}")
+        left = len(items) - n - 1
+        tail = visible_length(f"\n…and {left:,} more.") if left else 0
+        if used + visible_length(line) + tail > MAX_TEXT:
+            break
+        used += visible_length(line)
+        lines.append(line)
+    more = len(items) - len(lines)
+    return head + "".join(lines) + (f"\n…and {more:,} more." if more else "")

@@ -1,0 +1,140 @@
+"""The agents are the governed party: socket roles, reserved kinds, the socket's mode,
+attacked through the real ``tapgate run`` process."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import stat
+
+import httpx
+import pytest
+
+from tests.botproc import BotProcess
+
+AGENT_UID = 65534  # nobody: an agent uid that is not the bot's
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str):
+        super().__init__("tapgate", timeout=10)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(self.unix_path)
+
+
+def as_uid(uid: int, socket_path: str, calls: list[tuple[str, str, object]]) -> list:
+    """Make ``calls`` (method, path, body) over the socket from a child process running
+    as ``uid``; return ``[(status, json body)]`` (status 0 and the error if it fails)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only the standard library from here on
+        try:
+            os.close(read)
+            os.setgid(uid)
+            os.setuid(uid)
+            results = []
+            for method, path, body in calls:
+                try:
+                    conn = _UnixHTTP(socket_path)
+                    data = None if body is None else json.dumps(body)
+                    conn.request(method, path, body=data,
+                                 headers={"content-type": "application/json"})
+                    response = conn.getresponse()
+                    results.append([response.status, json.loads(response.read() or b"null")])
+                    conn.close()
+                except OSError as exc:
+                    results.append([0, str(exc)])
+            os.write(write, json.dumps(results).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    chunks = []
+    while chunk := os.read(read, 65536):
+        chunks.append(chunk)
+    os.close(read)
+    os.waitpid(pid, 0)
+    return [tuple(r) for r in json.loads(b"".join(chunks))]
+
+
+def admin(socket_path, method: str, path: str, body=None) -> httpx.Response:
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(socket_path)),
+                      base_url="http://tapgate", timeout=10) as client:
+        return client.request(method, path, json=body)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'tapgate.db'}"
+
+
+@pytest.mark.parametrize("field,value", [("kind", "budget.grant"), ("kind", "tool_call"),
+                                         ("agent", "tapgate"), ("agent", "Tapgate ")])
+async def test_the_bots_own_kinds_and_name_are_reserved(fake, sqlite_url, field, value):
+    async with BotProcess(fake, sqlite_url) as bot:
+        body = {"agent": "builder", "kind": "shell", "summary": "Grant +50% budget?",
+                "payload": {"run_id": "r1", "grant": {"budget_dollars": 0}}, field: value}
+        response = admin(bot.socket_path, "POST", "/v1/approvals", body)
+        assert response.status_code == 422
+        error = response.json()["error"]
+        assert error["code"] == "validation_error" and repr(value) in error["message"]
+        assert error["details"][0]["loc"] == ["body", field]
+        assert admin(bot.socket_path, "GET", "/v1/approvals").json()["items"] == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
+async def test_agents_cannot_widen_their_limits_or_touch_others_work(fake, sqlite_url):
+    async with BotProcess(fake, sqlite_url, socket_allowed_uids=AGENT_UID,
+                          default_budget_dollars=5) as bot:
+        sock = str(bot.socket_path)
+        os.chmod(bot.socket_path.parent, 0o755)  # the agents' uid must reach the socket
+        assert stat.S_IMODE(os.stat(sock).st_mode) == 0o666
+        mine = admin(sock, "POST", "/v1/approvals",
+                     {"agent": "ops", "kind": "deploy", "summary": "admin's"}).json()
+        assert admin(sock, "PUT", "/v1/runs/ops-run", {"name": "ops"}).status_code == 200
+        results = as_uid(AGENT_UID, sock, [
+            ("POST", "/v1/approvals", {"agent": "bot", "kind": "shell", "summary": "ls"}),
+            ("PUT", "/v1/policies/lax", {"budget_dollars": 0}),
+            ("PUT", "/v1/runs/a1", {"name": "agent run", "budget_dollars": 1}),
+            ("PUT", "/v1/runs/a1", {"name": "agent run", "budget_dollars": 100}),
+            ("PUT", "/v1/runs/a2", {"budget_dollars": 0}),
+            ("PUT", "/v1/runs/ops-run", {"budget_dollars": 1000}),
+            ("POST", "/v1/runs/ops-run/cancel", None),
+            ("POST", f"/v1/approvals/{mine['id']}/cancel", None),
+            ("POST", "/v1/ledger", {"run_id": "a1", "model": "gpt-4o", "dollars": 0.5}),
+            ("GET", "/v1/runs/a1", None),
+        ])
+        statuses = [status for status, _ in results]
+        assert statuses == [201, 403, 200, 403, 403, 403, 403, 403, 201, 200], results
+        submitted = results[0][1]
+        assert submitted["submitter_uid"] == AGENT_UID
+        messages = [body["error"]["message"] for status, body in results if status == 403]
+        assert "writing policy 'lax' needs an admin uid" in messages[0]
+        assert "budget_dollars" in messages[1] and "looser" in messages[2]
+        assert "budget_dollars" in messages[3] and "did not create" in messages[4]
+        assert "did not submit" in messages[5]
+        assert results[9][1]["budget_dollars"] == 1 and results[9][1]["owner_uid"] == AGENT_UID
+        # What the agent may do with its own work: cancel its request and its run.
+        own = as_uid(AGENT_UID, sock, [
+            ("POST", f"/v1/approvals/{submitted['id']}/cancel", None),
+            ("POST", "/v1/runs/a1/cancel", None)])
+        assert [status for status, _ in own] == [200, 200]
+        # Nothing the agent was refused happened.
+        assert admin(sock, "GET", "/v1/policies").json()["items"] == []
+        assert admin(sock, "GET", "/v1/runs/ops-run").json()["budget_dollars"] == 5
+        assert admin(sock, "GET", f"/v1/approvals/{mine['id']}").json()["status"] == "pending"
+        # The admin (the bot's own uid) may do all of it.
+        assert admin(sock, "PUT", "/v1/policies/lax", {"budget_dollars": 0}).status_code == 200
+        widened = admin(sock, "PUT", "/v1/runs/ops-run", {"budget_dollars": 1000})
+        assert widened.json()["budget_dollars"] == 1000
+        assert admin(sock, "POST", f"/v1/approvals/{mine['id']}/cancel").status_code == 200
+
+
+async def test_the_socket_is_private_when_only_the_bot_may_connect(fake, sqlite_url):
+    async with BotProcess(fake, sqlite_url) as bot:
+        assert stat.S_IMODE(os.stat(bot.socket_path).st_mode) == 0o600
