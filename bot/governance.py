@@ -224,7 +224,7 @@ class Governance:
                 approval, _ = await self.manager.submit(
                     agent=BOT_AGENT, kind=GRANT_KIND, summary=alert_summary(run, alert),
                     payload={"run_id": run.id, "raise": alert.fields, "alert": alert.key},
-                    run_id=run.id, idempotency_key=f"budget-alert:{alert.id}")
+                    run_id=run.id, idempotency_key=f"tapgate:budget-alert:{alert.id}")
                 await self.store.run(self.store.link_alert, alert.id, approval.id)
                 log.info("budget alert for run %s: %s (approval %s)", run.id, alert.what,
                          approval.id)

@@ -138,3 +138,30 @@ async def test_agents_cannot_widen_their_limits_or_touch_others_work(fake, sqlit
 async def test_the_socket_is_private_when_only_the_bot_may_connect(fake, sqlite_url):
     async with BotProcess(fake, sqlite_url) as bot:
         assert stat.S_IMODE(os.stat(bot.socket_path).st_mode) == 0o600
+
+
+async def test_an_agent_cannot_claim_the_bots_idempotency_keys(fake, sqlite_url):
+    """Keys are scoped to the caller: pre-claiming the key of the bot's next budget
+    alert (or another agent's) neither blocks nor answers it."""
+    from tests.test_telegram import CHAT_A, posted
+
+    async with BotProcess(fake, sqlite_url) as bot:
+        sock = bot.socket_path
+        for key in ("tapgate:budget-alert:1", "budget-alert:1", "tapgate:budget-alert:2"):
+            claimed = admin(sock, "POST", "/v1/approvals", {
+                "agent": "sly", "kind": "shell", "summary": "claim", "idempotency_key": key})
+            assert claimed.status_code == 201
+        assert admin(sock, "PUT", "/v1/runs/r1", {"budget_dollars": 1}).status_code == 200
+        spent = admin(sock, "POST", "/v1/ledger", {"run_id": "r1", "model": "m", "dollars": 0.9})
+        assert spent.status_code == 201
+        alert = await fake.wait_for("sendMessage", lambda c: "Budget alert" in c.params["text"],
+                                    timeout=30)
+        items = admin(sock, "GET", "/v1/approvals?status=pending").json()["items"]
+        grant = next(a for a in items if a["kind"] == "budget.grant")
+        assert grant["agent"] == "tapgate" and grant["run_id"] == "r1"
+        assert grant["id"] in alert.params["text"]
+        await posted(fake, CHAT_A, grant["id"])
+        again = admin(sock, "POST", "/v1/approvals", {
+            "agent": "sly", "kind": "shell", "summary": "claim",
+            "idempotency_key": "tapgate:budget-alert:1"})
+        assert again.status_code == 200  # the caller's own key still works for itself

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from aiohttp import web
 
 from bot.api.routes_base import (
@@ -52,8 +54,20 @@ async def create_approval(request: web.Request) -> web.Response:
     approval, created = await finish(manager.submit(
         agent=spec.agent, kind=spec.kind, summary=spec.summary, payload=spec.payload,
         ttl_seconds=spec.ttl_seconds, run_id=spec.run_id,
-        idempotency_key=spec.idempotency_key, submitter_uid=caller(request).uid))
+        idempotency_key=scoped_key(spec.idempotency_key, caller(request).uid),
+        submitter_uid=caller(request).uid))
     return respond(approval, 201 if created else 200)
+
+
+def scoped_key(key: str | None, uid: int | None) -> str | None:
+    """An idempotency key as stored: scoped to the caller's uid, so no caller can claim
+    a key another agent, or the bot itself (``tapgate:...``), will use."""
+    if key is None:
+        return None
+    scoped = f"uid{uid}:{key}"
+    if len(scoped) > 200:  # the column's width; a digest keeps long keys distinct
+        scoped = f"uid{uid}:#{hashlib.sha256(key.encode()).hexdigest()}"
+    return scoped
 
 
 def _not_the_bots(spec: ApprovalCreate) -> None:
