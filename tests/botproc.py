@@ -67,9 +67,13 @@ class BotProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bot", "run", cwd=ROOT, env=self.env,
             stdin=asyncio.subprocess.DEVNULL, stdout=self._log, stderr=self._log)
-        await self.wait_healthy(timeout)
-        if wait_polling:
-            await self.fake.wait_polling(timeout=timeout)
+        try:
+            await self.wait_healthy(timeout)
+            if wait_polling:
+                await self.fake.wait_polling(timeout=timeout)
+        except BaseException:
+            await self.kill()
+            raise
         return self
 
     async def wait_healthy(self, timeout: float = 60.0) -> None:
