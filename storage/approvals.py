@@ -5,11 +5,9 @@ Every status change is one compare-and-set
 whoever races, exactly one caller gets the row back. A request past its
 ``expires_at`` counts as final for every transition, swept or not.
 
-Each Telegram copy (``approval_message``) carries ``owed``: set in the same
-transaction as every transition of its approval, cleared only when the copy is
-recorded showing the approval's current status. The notifier reads owed copies
-through the partial index ``approval_message_owed``, so finding them costs what
-is owed, not the size of the message history.
+Each Telegram copy (``approval_message``) is ``owed`` from every transition of its
+approval (same transaction) until it is recorded showing the current status; the
+partial index ``approval_message_owed`` makes finding them cost what is owed only.
 """
 
 from __future__ import annotations
@@ -109,8 +107,9 @@ def mark_copies_owed(approval_ids: list[str]) -> None:
     """Inside a transition's transaction: every copy of these approvals is owed again."""
     for start in range(0, len(approval_ids), _CHUNK):
         chunk = approval_ids[start:start + _CHUNK]
-        (ApprovalMessageRow.update(owed=True)
-         .where(ApprovalMessageRow.approval.in_(chunk)).execute())
+        ApprovalMessageRow.update(owed=True).where(ApprovalMessageRow.approval.in_(chunk)).execute()
+
+
 _INSERT_COLUMNS = ("id", "agent", "kind", "summary", "payload", "status", "run_id",
                    "tool_call_id", "idempotency_key", "fingerprint", "callback_data", "adapter",
                    "created_at", "expires_at", "submitter_uid")
@@ -131,9 +130,17 @@ class ApprovalStore(StoreBase):
 
     def _transition_sql(self) -> str:
         p = self.db.param
-        return (f'UPDATE "approval" SET "status" = {p}, "decided_by" = {p}, "decided_at" = {p}, '
-                f'"reason" = {p} WHERE "id" = {p} AND "status" = \'pending\' '
-                f'AND "expires_at" > {p} RETURNING {columns(ApprovalRow)}')
+        cas = (f'UPDATE "approval" SET "status" = {p}, "decided_by" = {p}, "decided_at" = {p}, '
+               f'"reason" = {p} WHERE "id" = {p} AND "status" = \'pending\' '
+               f'AND "expires_at" > {p} RETURNING {columns(ApprovalRow)}')
+        if not is_postgres(self.db):
+            return cas
+        # PostgreSQL owes the copies in the same statement: one round trip per decision.
+        # No "AND NOT owed": the statement's snapshot may predate a record that committed
+        # while the CAS waited for its lock; only a recheck of the latest row is right.
+        return (f'WITH won AS ({cas}), owe AS (UPDATE "approval_message" SET "owed" = TRUE '
+                'WHERE "approval_id" IN (SELECT "id" FROM won)) '
+                f'SELECT {columns(ApprovalRow)} FROM won')
 
     def _approval_by_id_sql(self) -> str:
         return f'SELECT {columns(ApprovalRow)} FROM "approval" WHERE "id" = {self.db.param}'
@@ -251,10 +258,11 @@ class ApprovalStore(StoreBase):
                 (status, decided_by, to_text(now), reason, approval_id, to_text(now)),
             ).fetchone()
             if won is not None:
-                # One UPDATE through the (approval_id, chat_id) index, same transaction:
-                # the notifier can never see the decision without its copies owed.
-                self.db.execute_sql(self.statement("approval_message.owe", self._owe_copies_sql),
-                                    (approval_id,))
+                # Same transaction: the notifier never sees a decision without its copies
+                # owed (one UPDATE through the (approval_id, chat_id) index).
+                if not is_postgres(self.db):
+                    self.db.execute_sql(self.statement("approval_message.owe",
+                                                       self._owe_copies_sql), (approval_id,))
                 self.announce_final([approval_id])
                 return approval_record(_decode_approval(won))
             # Lost: it is unknown, final, or due. A due request is expired here and
@@ -315,18 +323,15 @@ class ApprovalStore(StoreBase):
         )
         return _message_record(row) if row else None
 
-    def _copy_status_sql(self) -> str:
-        # PostgreSQL: FOR SHARE waits for a transition in flight and then reads its result,
-        # and holds the approval until this record commits (a transition then marks the copy
-        # owed after us). SQLite's write transactions are serial already.
-        lock = " FOR SHARE OF a" if is_postgres(self.db) else ""
-        return ('SELECT a."status" FROM "approval_message" AS m JOIN "approval" AS a '
-                f'ON a."id" = m."approval_id" WHERE m."id" = {self.db.param}{lock}')
-
-    def _record_sql(self) -> str:
-        p = self.db.param
-        return (f'UPDATE "approval_message" SET "shown" = {p}, "updated_at" = {p}, "owed" = {p}, '
-                f'"message_id" = COALESCE({p}, "message_id") WHERE "id" = {p}')
+    def _copy_status(self, ref_id: int) -> str | None:
+        """Inside a write: the status of the copy's approval as committed now. On PostgreSQL
+        FOR SHARE waits for a transition in flight and holds the approval until we commit
+        (a transition then marks the copy owed after us); SQLite's writers are serial."""
+        row = self.db.execute_sql(self.statement("approval_message.status", lambda: (
+            'SELECT a."status" FROM "approval_message" AS m JOIN "approval" AS a ON a."id" = '
+            f'm."approval_id" WHERE m."id" = {self.db.param}'
+            + (" FOR SHARE OF a" if is_postgres(self.db) else ""))), (ref_id,)).fetchone()
+        return row[0] if row else None
 
     def _owed_sql(self, by_chat: bool) -> str:
         p = self.db.param
@@ -349,28 +354,25 @@ class ApprovalStore(StoreBase):
         that lands between the send and this record leaves it owed, so its edit
         follows. Returns True when the copy is settled (no longer owed).
         """
-        now = now or self.clock()
+        p = self.db.param
         with self.write():
-            row = self.db.execute_sql(self.statement("approval_message.status",
-                                                     self._copy_status_sql), (ref_id,)).fetchone()
-            if row is None:
+            status = self._copy_status(ref_id)
+            if status is None:
                 return False
-            settled = row[0] == shown
-            self.db.execute_sql(self.statement("approval_message.record", self._record_sql),
-                                (shown, to_text(now), not settled, message_id, ref_id))
-        return settled
+            self.db.execute_sql(self.statement("approval_message.record", lambda: (
+                f'UPDATE "approval_message" SET "shown" = {p}, "updated_at" = {p}, "owed" = {p}, '
+                f'"message_id" = COALESCE({p}, "message_id") WHERE "id" = {p}')),
+                (shown, to_text(now or self.clock()), status != shown, message_id, ref_id))
+        return status == shown
 
     @unit_of_work
     def give_up_message(self, ref_id: int, status: str, now: datetime | None = None) -> bool:
         """Stop owing a copy Telegram refuses for good, unless its approval has moved on
         from ``status`` meanwhile (the new status gets a new attempt). True if given up."""
-        now = now or self.clock()
         with self.write():
-            row = self.db.execute_sql(self.statement("approval_message.status",
-                                                     self._copy_status_sql), (ref_id,)).fetchone()
-            if row is None or row[0] != status:
+            if self._copy_status(ref_id) != status:
                 return False
-            (ApprovalMessageRow.update(owed=False, updated_at=now)
+            (ApprovalMessageRow.update(owed=False, updated_at=now or self.clock())
              .where(ApprovalMessageRow.id == ref_id).execute())
         return True
 
@@ -378,11 +380,8 @@ class ApprovalStore(StoreBase):
     def messages_owed(self, chat_id: int | None = None, limit: int = 200
                       ) -> list[tuple[MessageRef, Approval]]:
         """Copies whose display lags their approval (never posted, or showing an old status),
-        read through the partial index on owed copies only.
-
-        Order: copies of still-pending requests, newest first; then edits of posted
-        copies; then requests decided before their copy was posted (oldest first).
-        """
+        read through the partial index: copies of still-pending requests, newest first;
+        then edits of posted copies; then decided requests never posted (oldest first)."""
         key = "approval_message.owed_in_chat" if chat_id is not None else "approval_message.owed"
         sql = self.statement(key, lambda: self._owed_sql(chat_id is not None))
         params = (chat_id, limit) if chat_id is not None else (limit,)
@@ -406,24 +405,17 @@ class ApprovalStore(StoreBase):
 
     @unit_of_work
     def settle_unposted(self, ref_ids: list[int], now: datetime | None = None) -> int:
-        """Record never-posted copies of decided requests as showing their outcome without
-        a message of their own (a digest listed them); returns how many were settled.
-
-        Only copies still owed, unposted and decided are touched; a decided status
-        never changes again, so no decision can slip in between.
-        """
-        now = to_text(now or self.clock())
-        settled = 0
+        """Settle never-posted copies of decided requests (a digest listed them) as showing
+        their outcome without a message of their own; returns how many. A decided status
+        never changes again, so no decision can slip in between."""
+        p, now, settled = self.db.param, to_text(now or self.clock()), 0
         with self.write():
-            for start in range(0, len(ref_ids), _CHUNK):
-                chunk = ref_ids[start:start + _CHUNK]
-                marks = ", ".join([self.db.param] * len(chunk))
-                cursor = self.db.execute_sql(
-                    'UPDATE "approval_message" SET "owed" = FALSE, '
-                    f'"updated_at" = {self.db.param}, "shown" = (SELECT a."status" '
-                    'FROM "approval" AS a WHERE a."id" = "approval_message"."approval_id") '
-                    f'WHERE "id" IN ({marks}) AND "owed" AND "message_id" IS NULL '
-                    'AND "approval_id" IN (SELECT "id" FROM "approval" '
-                    'WHERE "status" <> \'pending\')', (now, *chunk))
-                settled += cursor.rowcount
+            for chunk in (ref_ids[i:i + _CHUNK] for i in range(0, len(ref_ids), _CHUNK)):
+                settled += self.db.execute_sql(
+                    f'UPDATE "approval_message" SET "owed" = FALSE, "updated_at" = {p}, "shown" = '
+                    '(SELECT a."status" FROM "approval" AS a '
+                    'WHERE a."id" = "approval_message"."approval_id") WHERE '
+                    f'"id" IN ({", ".join([p] * len(chunk))}) AND "owed" AND "message_id" IS NULL '
+                    'AND "approval_id" IN (SELECT "id" FROM "approval" WHERE "status" <> '
+                    '\'pending\')', (now, *chunk)).rowcount
         return settled

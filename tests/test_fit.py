@@ -145,6 +145,10 @@ async def test_an_agents_request_is_shown_under_its_name_with_its_words_quoted(f
     assert not any(line.startswith("💸") for line in lines if forged.splitlines()[0] != line)
     assert quoted(msg) == [forged]
     assert msg.button_texts == ["✅ Approve", "❌ Deny"]
+    # The agent withdraws it with a reason of its own: still on the outcome's line.
+    await service.manager.cancel(approval.id, "api", reason="done\n💸 Budget alert: grant?")
+    msg = await edited_to(fake, CHAT_A, msg.message_id, "Withdrawn")
+    assert "↩️ Withdrawn: done 💸 Budget alert: grant?" in msg.text.splitlines()
 
 
 async def test_a_budget_alert_speaks_in_the_bots_voice(fake, service):

@@ -9,6 +9,7 @@ on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -91,46 +92,79 @@ def test_a_decision_between_send_and_record_leaves_the_copy_owed(store):
     assert store.messages_owed(111) == []
 
 
-def test_record_waits_for_a_decision_in_flight(store):
-    """A decision committing while the copy is recorded: the record must see it (on
-    PostgreSQL it waits for the decision's lock), never settle the copy on the old status."""
-    a, _ = store.create_approval(new_approval(chat_ids=[111]), now=T0)
-    ref = store.approval_messages(a.id)[0]
-    url = store.db.database
+def in_flight(store, statements: list[tuple[str, tuple]]):
+    """Run ``statements`` (``?`` placeholders) in another connection's transaction, left
+    open: a concurrent unit of work caught between its statements."""
     if is_postgres(store.db):
-        params = store.db.connect_params
-        other = psycopg.connect(dbname=url, **params)
+        conn = psycopg.connect(dbname=store.db.database, **store.db.connect_params)
+        mark = "%s"
     else:
-        import sqlite3
-        other = sqlite3.connect(url, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
-    mark = "%s" if is_postgres(store.db) else "?"
-    # The decision, as _transition writes it, left uncommitted.
-    other.execute(f"UPDATE approval SET status = 'approved' WHERE id = {mark}", (a.id,))
-    other.execute(f"UPDATE approval_message SET owed = TRUE WHERE approval_id = {mark}", (a.id,))
-    result: list[bool] = []
+        conn = sqlite3.connect(store.db.database, isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+        mark = "?"
+    for sql, params in statements:
+        conn.execute(sql.replace("?", mark), params)
+    return conn
 
-    def record() -> None:
+
+def run_against(store, conn, fn):
+    """Call ``fn`` in a thread while ``conn``'s transaction is open (on PostgreSQL, wait
+    until it waits for a lock; SQLite's writers wait anyway), then commit; return its result."""
+    result = []
+
+    def call() -> None:
         try:
-            result.append(store.record_message(ref.id, "pending", message_id=5, now=T0 + S))
+            result.append(fn())
         finally:
             store.close_thread_connection()
 
-    recorder = threading.Thread(target=record)
-    recorder.start()
+    thread = threading.Thread(target=call)
+    thread.start()
     if is_postgres(store.db):
-        with psycopg.connect(dbname=url, autocommit=True, **params) as watch:
+        with psycopg.connect(dbname=store.db.database, autocommit=True,
+                             **store.db.connect_params) as watch:
             deadline = time.monotonic() + 10
             while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE "
                                     "wait_event_type = 'Lock' AND datname = %s",
-                                    (url,)).fetchone()[0]:
-                assert time.monotonic() < deadline, "the record never waited for the decision"
+                                    (store.db.database,)).fetchone()[0]:
+                assert time.monotonic() < deadline, "the call never waited for the other"
                 time.sleep(0.01)
-    other.commit() if is_postgres(store.db) else other.execute("COMMIT")
-    recorder.join(10)
-    other.close()
-    assert result == [False]
+    conn.commit()
+    thread.join(10)
+    conn.close()
+    return result[0]
+
+
+def test_a_record_waits_for_a_decision_in_flight(store):
+    """A decision committing while the copy is recorded: the record must see it, never
+    settle the copy on the old status (on PostgreSQL it waits for the decision's lock)."""
+    a, _ = store.create_approval(new_approval(chat_ids=[111]), now=T0)
+    ref = store.approval_messages(a.id)[0]
+    decision = in_flight(store, [  # as _transition writes it, not yet committed
+        ("UPDATE approval SET status = 'approved' WHERE id = ?", (a.id,)),
+        ("UPDATE approval_message SET owed = TRUE WHERE approval_id = ?", (a.id,))])
+    settled = run_against(store, decision, lambda: store.record_message(
+        ref.id, "pending", message_id=5, now=T0 + S))
+    assert settled is False
     assert [r.id for r, _ in store.messages_owed(111)] == [ref.id]
+
+
+def test_a_decision_waiting_for_a_record_in_flight_still_owes_the_copy(store):
+    """The reverse: a record holds the approval while a decision arrives. The decision,
+    committed after it, must leave the copy owed (its snapshot predates the record)."""
+    a, _ = store.create_approval(new_approval(chat_ids=[111]), now=T0)
+    ref = store.approval_messages(a.id)[0]
+    lock = " FOR SHARE" if is_postgres(store.db) else ""
+    record = in_flight(store, [  # as record_message writes it, not yet committed
+        (f"SELECT status FROM approval WHERE id = ?{lock}", (a.id,)),
+        ("UPDATE approval_message SET owed = FALSE, shown = 'pending', message_id = 5 "
+         "WHERE id = ?", (ref.id,))])
+    decided = run_against(store, record, lambda: store.resolve_approval(
+        a.id, "denied", "bob", now=T0 + S))
+    assert decided.status == "denied"
+    assert owed_flags(store, a.id) == [True]
+    [(owed, approval)] = store.messages_owed(111)
+    assert (owed.message_id, owed.shown, approval.status) == (5, "pending", "denied")
 
 
 def test_owed_lookup_uses_the_partial_index(store, monkeypatch):
@@ -349,6 +383,20 @@ async def test_a_chat_that_blocked_the_bot_is_retried_and_gets_pending_first(fak
     assert labels(chat_calls(fake, CHAT_B, since), [decided, *live]) == [
         ("send", live[2].id), ("send", live[1].id), ("send", live[0].id), ("send", decided.id)]
     assert "Approved by cli" in msg.text and not msg.buttons
+
+
+async def test_a_message_from_a_refusing_chat_retries_it_at_once(fake, service):
+    """The approver unblocks the bot and presses /start: no waiting out the backoff."""
+    from tests.test_telegram import BOB
+
+    service.notifier.refusal_base = service.notifier.refusal_max = 600.0
+    fake.set_chat_unavailable(CHAT_B, "Forbidden: bot was blocked by the user", 403)
+    approval = await submit(service, summary="while blocked")
+    await posted(fake, CHAT_A, approval.id)
+    await fake.wait_for_error("sendMessage")  # chat B refused: the next try is 10 min away
+    fake.set_chat_unavailable(CHAT_B, None)
+    fake.send_text(CHAT_B, BOB, "/start")
+    await posted(fake, CHAT_B, approval.id)
 
 
 async def test_a_refused_edit_text_falls_back_to_plain_text(fake, service):

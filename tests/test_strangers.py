@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ import pytest
 from storage.store import Store
 from tests.botproc import BotProcess
 from tests.fake_telegram import FakeTelegram, User
-from tests.test_telegram import ALICE, BOB, CHAT_A, EVE, answer_of, posted, submit
+from tests.test_telegram import ALICE, BOB, CHAT_A, CHAT_B, EVE, answer_of, posted, submit
 
 MALLORY = User(7777, "mallory", "Mallory")
 OTHER_GROUP = -100555  # a group the bot was added to, not an approver chat
@@ -70,10 +71,23 @@ async def timed_tap(fake: FakeTelegram, api: httpx.AsyncClient, approval_id: str
     return decided_after, answer.at - tapped  # Call.at is time.monotonic, like loop.time()
 
 
+async def a_year_of_spend(api: httpx.AsyncClient) -> None:
+    response = await api.put("/v1/runs/r1", json={"name": "crawler"})
+    assert response.status_code in (200, 201), response.text
+    now = datetime.now(UTC)
+    response = await api.post("/v1/ledger", json=[
+        {"run_id": "r1", "provider": "openai", "model": "gpt-4o", "prompt_tokens": 1000,
+         "dollars": 1.5, "created_at": (now - timedelta(days=d)).isoformat()}
+        for d in range(365)])
+    assert response.status_code == 201, response.text
+
+
 async def test_stranger_flood_in_a_group_does_not_delay_a_private_tap(fake, sqlite_url):
     async with BotProcess(fake, sqlite_url) as bot, socket_api(bot) as api:
+        await a_year_of_spend(api)
         approval_id = await ask(api, "deploy during a flood")
         msg = await posted(fake, CHAT_A, approval_id)
+        fake.send_text(CHAT_B, BOB, "/spend day")  # a chart drawn in Bob's chat meanwhile
         for i in range(50):
             fake.send_text(OTHER_GROUP, EVE, FLOOD[i % len(FLOOD)], chat_type="group")
         decided_after, answered_after = await timed_tap(fake, api, approval_id, msg.message_id)
@@ -92,7 +106,8 @@ async def test_stranger_flood_in_a_group_does_not_delay_a_private_tap(fake, sqli
         for text in texts:
             assert "not an approver chat" in text
             assert approval_id not in text and "Spend" not in text and "Pending" not in text
-        assert not fake.calls_of("sendPhoto")
+        chart = await fake.wait_for("sendPhoto", timeout=30)
+        assert int(chart.params["chat_id"]) == CHAT_B  # Bob's chart, none for the strangers
 
 
 async def test_approver_command_paced_in_a_group_does_not_hold_a_private_tap(fake, sqlite_url):

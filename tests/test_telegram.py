@@ -258,7 +258,8 @@ async def test_commands_registered_and_updates_explicit(fake, service):
         if isinstance(call.params["commands"], str) else \
         [c["command"] for c in call.params["commands"]]
     assert {"pending", "approve", "deny", "spend", "help"} <= set(names)
-    poll = await fake.wait_for("getUpdates", lambda c: "allowed_updates" in c.params)
+    # A getUpdates call is recorded when it returns: a long poll holds up to POLL_TIMEOUT (10 s).
+    poll = await fake.wait_for("getUpdates", lambda c: "allowed_updates" in c.params, timeout=30)
     assert set(fake.allowed_updates) == {"message", "callback_query"}
     assert poll.ok
 
@@ -347,7 +348,8 @@ async def test_stale_tap_on_a_pending_listing_leaves_the_listing(fake, service):
 async def test_request_decided_before_it_was_posted_is_posted_with_its_outcome(fake, service):
     fake.set_down(True)
     approval = await submit(service, summary="decided in the dark")
-    await fake.wait_for_error("sendMessage")
+    # Chat A's own send must have failed: chat B's failure says nothing of chat A's worker.
+    await fake.wait_for_error("sendMessage", lambda c: int(c.params.get("chat_id", 0)) == CHAT_A)
     await service.manager.resolve(approval.id, "denied", "cli", "not needed")
     fake.set_down(False)
     msg = await posted(fake, CHAT_A, approval.id)

@@ -1,8 +1,9 @@
 """Wire models of the socket API: request bodies, query strings and the response shapes
 that are not storage records.
 
-Imports only pydantic and :mod:`storage.records`, so the agents' client
-(:mod:`bot.client`) can use it without the server's dependencies. Every request
+Imports only pydantic, :mod:`storage.records` and :mod:`bot.window` (the time
+bounds; standard library only), so the agents' client (:mod:`bot.client`) can
+use it without the server's dependencies. Every request
 model rejects unknown fields and non-finite numbers; bounds follow the
 database columns, so nothing valid here can fail in the database.
 """

@@ -10,6 +10,8 @@ from telegram.ext import (
     ApplicationBuilder,
     CallbackQueryHandler,
     CommandHandler,
+    MessageHandler,
+    filters,
 )
 from telegram.request import HTTPXRequest
 
@@ -48,6 +50,10 @@ def build_application(settings: Settings, manager: ApprovalManager, store: Store
         manager=manager, store=store, notifier=notifier,
         gate=Gate(set(settings.approver_user_ids), settings.approver_chat_ids),
         refusals=Refusals())
+    # Before every other handler, deciding nothing: a message from an approver chat
+    # that refused the bot (the user unblocked it, or pressed /start) retries it now.
+    app.add_handler(MessageHandler(filters.ALL, handlers.on_any_message, block=False),
+                    group=-1)
     app.add_handler(CallbackQueryHandler(handlers.on_callback))
     app.add_handler(CommandHandler(["start", "help"], handlers.on_help))
     app.add_handler(CommandHandler("pending", handlers.on_pending))

@@ -149,6 +149,14 @@ def _admitted(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
     return False
 
 
+async def on_any_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Every message, before the commands: a chat the notifier is backing off from
+    (it refused the bot) is retried at once. Decides and answers nothing."""
+    chat = update.effective_chat
+    if chat is not None:
+        front(context).notifier.heard_from(chat.id)
+
+
 @guarded
 async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """/start and /help."""

@@ -103,6 +103,7 @@ class TelegramNotifier:
         self._unrecorded: dict[int, list[Callable[[], object]]] = {}
         self._workers: dict[int, asyncio.Task] = {}
         self._repairs: set[asyncio.Task] = set()
+        self._wake: dict[int, asyncio.Event] = {}
         self._running = False
 
     # --- lifecycle --------------------------------------------------------------------
@@ -144,6 +145,16 @@ class TelegramNotifier:
                 self._workers[chat_id] = asyncio.create_task(
                     self._work(chat_id), name=f"tapgate-notify-{chat_id}")
 
+    def heard_from(self, chat_id: int) -> None:
+        """A message came from ``chat_id``: if its worker is backing off because the chat
+        refused the bot (blocked it, or never pressed /start), retry it now."""
+        if chat_id not in self._failures and chat_id not in self._wake:
+            return
+        self._failures.pop(chat_id, None)
+        wake = self._wake.get(chat_id)
+        if wake is not None:
+            wake.set()
+
     @property
     def idle(self) -> bool:
         """True when no worker or repair is running (everything owed was paid or given up)."""
@@ -179,7 +190,12 @@ class TelegramNotifier:
                 delay = self.backoff(kind, failures[kind])
                 log.warning("could not sync chat %s (%s: %s); retrying in %.1f s",
                             chat_id, type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
+                wake = self._wake[chat_id] = asyncio.Event()
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), delay)
+                finally:
+                    self._wake.pop(chat_id, None)
 
     async def _pay_owed(self, chat_id: int) -> None:
         """Pay one page of the chat's owed copies, in the store's priority order. Returns

@@ -106,9 +106,12 @@ def outcome_line(approval: Approval, reason_room: int | None = None) -> str:
     if status in ("approved", "denied"):
         line = f"{icon} <b>{word} by {esc(who(approval.decided_by))}</b>"
     if approval.reason:
-        reason, total = approval.reason, units(approval.reason)
+        # Inline after "Denied by …:"; a withdrawal's reason may be an agent's words, which
+        # must not start lines of their own.
+        reason = one_line(approval.reason)
+        total = units(reason)
         if reason_room is not None and total > reason_room:
-            shown = cut(reason, reason_room - 1)
+            shown = cut(reason, max(reason_room - 1, 0))
             note = REASON_NOTE.format(shown=units(shown), total=total)
             line += f": {esc(shown)}…{note}"
         else:
@@ -119,9 +122,10 @@ def outcome_line(approval: Approval, reason_room: int | None = None) -> str:
 def _head(approval: Approval) -> list[str]:
     """Who is asking, and what: the agent's words quoted, the bot's only for budget alerts."""
     run = [f"Run: <code>{_field(approval.run_id)}</code>"] if approval.run_id else []
+    if approval.kind == GRANT_KIND:  # the bot's own sentence (it quotes the run's label)
+        return ["💸 <b>Budget alert</b>",
+                f"<b>{esc(clip(one_line(approval.summary), SUMMARY_MAX))}</b>", *run]
     summary = esc(clip(approval.summary, SUMMARY_MAX))
-    if approval.kind == GRANT_KIND:
-        return ["💸 <b>Budget alert</b>", f"<b>{summary}</b>", *run]
     return [f"🔐 Request from agent <b>{_field(approval.agent)}</b>",
             f"Kind: <code>{_field(approval.kind)}</code>", *run,
             f"<blockquote>{summary}</blockquote>"]
