@@ -81,6 +81,16 @@ def db_url(request, tmp_path):
 
 
 @pytest.fixture
+def sqlite_url(tmp_path):
+    """A migrated, empty SQLite database URL (for tests that need one backend only)."""
+    url = f"sqlite:///{tmp_path / 'tapgate.db'}"
+    store = Store.from_url(url)
+    store.migrate()
+    store.close()
+    return url
+
+
+@pytest.fixture
 def store(db_url):
     """A Store on a migrated, empty database (each backend in turn)."""
     s = Store.from_url(db_url)

@@ -16,7 +16,6 @@ import pytest
 
 from bot.window import parse_instant
 from storage.errors import InvalidArgument
-from storage.store import Store
 from tests.botproc import ROOT, BotProcess
 from tests.test_strangers import socket_api
 from tests.test_telegram import ALICE, CHAT_A
@@ -24,15 +23,6 @@ from tests.test_telegram import ALICE, CHAT_A
 ABSURD = ["9999-12-31T12:00:00Z", "1000000d", "0001-01-01T00:00:00+01:00", "99999999999h",
           "1969-12-31T23:59:59Z", "0001-01-01", "9" * 5000 + "d"]
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def sqlite_url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'dates.db'}"
-    store = Store.from_url(url)
-    store.migrate()
-    store.close()
-    return url
 
 
 @pytest.mark.parametrize("text", ABSURD)

@@ -359,15 +359,6 @@ conn.execute("ROLLBACK")
 """
 
 
-@pytest.fixture
-def sqlite_url(tmp_path) -> str:
-    url = f"sqlite:///{tmp_path / 'tapgate.db'}"
-    store = Store.from_url(url)
-    store.migrate()
-    store.close()
-    return url
-
-
 @contextlib.asynccontextmanager
 async def locked(path: str):
     """Another process holds SQLite's write lock (``BEGIN EXCLUSIVE``) inside the block."""

@@ -5,21 +5,9 @@ from __future__ import annotations
 import io
 import logging
 
-import pytest
-
-from storage.store import Store
 from tests.botproc import BotProcess
 from tests.test_strangers import ask, socket_api
 from tests.test_telegram import ALICE, CHAT_A, edited_to, posted
-
-
-@pytest.fixture
-def sqlite_url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'logs.db'}"
-    store = Store.from_url(url)
-    store.migrate()
-    store.close()
-    return url
 
 
 async def test_debug_log_of_tapgate_run_never_shows_the_token(fake, sqlite_url):

@@ -68,11 +68,6 @@ def admin(socket_path, method: str, path: str, body=None) -> httpx.Response:
         return client.request(method, path, json=body)
 
 
-@pytest.fixture
-def sqlite_url(tmp_path):
-    return f"sqlite:///{tmp_path / 'tapgate.db'}"
-
-
 @pytest.mark.parametrize("field,value", [("kind", "budget.grant"), ("kind", "tool_call"),
                                          ("agent", "tapgate"), ("agent", "Tapgate ")])
 async def test_the_bots_own_kinds_and_name_are_reserved(fake, sqlite_url, field, value):

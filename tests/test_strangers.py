@@ -13,9 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import pytest
 
-from storage.store import Store
 from tests.botproc import BotProcess
 from tests.fake_telegram import FakeTelegram, User
 from tests.test_telegram import ALICE, BOB, CHAT_A, CHAT_B, EVE, answer_of, posted, submit
@@ -23,15 +21,6 @@ from tests.test_telegram import ALICE, BOB, CHAT_A, CHAT_B, EVE, answer_of, post
 MALLORY = User(7777, "mallory", "Mallory")
 OTHER_GROUP = -100555  # a group the bot was added to, not an approver chat
 FLOOD = ["/pending", "/spend", "/start", "hello there", "/spend day", "/approve x", "/help"]
-
-
-@pytest.fixture
-def sqlite_url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'strangers.db'}"
-    store = Store.from_url(url)
-    store.migrate()
-    store.close()
-    return url
 
 
 @contextlib.asynccontextmanager

@@ -12,7 +12,6 @@ import pytest
 
 from bot.config import Settings
 from bot.service import Service
-from storage.store import Store
 from tests.fake_telegram import FakeTelegram, User
 
 ALICE = User(1001, "alice", "Alice")
@@ -262,15 +261,6 @@ async def test_commands_registered_and_updates_explicit(fake, service):
     poll = await fake.wait_for("getUpdates", lambda c: "allowed_updates" in c.params, timeout=30)
     assert set(fake.allowed_updates) == {"message", "callback_query"}
     assert poll.ok
-
-
-@pytest.fixture
-def sqlite_url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'tg.db'}"
-    store = Store.from_url(url)
-    store.migrate()
-    store.close()
-    return url
 
 
 async def test_429_storm_on_send_loses_nothing(fake, sqlite_url, monkeypatch):
