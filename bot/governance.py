@@ -137,11 +137,13 @@ class Governance:
 
     async def upsert_step(self, step: StepUpsert) -> Step:
         """Record a step; a new one may halt the run (402 after the halt is committed)."""
+        seen = self.store.alerts_recorded
         try:
             return await self.store.run(self.store.upsert_step, step, before_step, None,
                                         due_alerts)
         finally:
-            self.deliver_soon()
+            if self.store.alerts_recorded != seen:  # else nothing new to post: no look-up
+                self.deliver_soon()
 
     async def append_ledger(self, entries: list[NewLedgerEntry]) -> LedgerAppend:
         """Record usage; runs that cross a budget halt after it is recorded.
@@ -149,9 +151,11 @@ class Governance:
         Alerts are recorded with the usage and posted afterwards: a failure to
         post one never turns this committed append into an error.
         """
+        seen = self.store.alerts_recorded
         result = await self.store.run(self.store.append_ledger, entries, after_usage, None,
                                       due_alerts)
-        self.deliver_soon()
+        if self.store.alerts_recorded != seen:  # else nothing new to post: no look-up
+            self.deliver_soon()
         return result
 
     async def append_tool_call(self, call: NewToolCall) -> tuple[ToolCall, Approval | None]:

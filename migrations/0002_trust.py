@@ -10,6 +10,10 @@
   grant's effect comes from ``fields`` (never from an approval's payload).
 - ``approval_message.owed``: true while a Telegram copy lags its approval;
   a partial index makes finding the owed copies independent of history size.
+- Two indexes that duplicated others are dropped, so every submission maintains
+  fewer: ``approval_callback_data`` (the data is ``appr:<id>`` and ``id`` is the
+  primary key) and ``approval_message_approval_id`` (a prefix of the unique
+  ``(approval_id, chat_id)`` index).
 """
 
 from peewee import (
@@ -68,3 +72,5 @@ def up(migrator, db):
         'WHERE "approval"."id" = "approval_message"."approval_id"))')
     db.execute_sql('CREATE INDEX "approval_message_owed" ON "approval_message" '
                    '("chat_id", "id") WHERE "owed"')
+    db.execute_sql('DROP INDEX IF EXISTS "approval_callback_data"')
+    db.execute_sql('DROP INDEX IF EXISTS "approval_message_approval_id"')

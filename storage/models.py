@@ -113,7 +113,7 @@ class ApprovalRow(BaseModel):
     tool_call = ForeignKeyField(ToolCallRow, column_name="tool_call_id", null=True)
     idempotency_key = CharField(max_length=200, null=True, unique=True)
     fingerprint = CharField(max_length=64, null=True)
-    callback_data = CharField(max_length=64, unique=True)
+    callback_data = CharField(max_length=64)  # appr:<id>: unique through the primary key
     adapter = CharField(max_length=32, default="telegram")
     conversation_id = TextField(null=True)
     created_at = TimestampField()
@@ -126,7 +126,9 @@ class ApprovalRow(BaseModel):
 
 class ApprovalMessageRow(BaseModel):
     id = AutoField()
-    approval = ForeignKeyField(ApprovalRow, column_name="approval_id", backref="messages")
+    # Indexed by the unique (approval_id, chat_id) index of the migrations.
+    approval = ForeignKeyField(ApprovalRow, column_name="approval_id", backref="messages",
+                               index=False)
     chat_id = BigIntegerField()
     message_id = BigIntegerField(null=True)
     shown = CharField(max_length=16, null=True)

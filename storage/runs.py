@@ -95,6 +95,10 @@ def tool_call_record(row: ToolCallRow) -> ToolCall:
 class RunStore(StoreBase):
     """Run, step, tool-call and checkpoint operations of the Store."""
 
+    alerts_recorded = 0
+    """How many budget alerts this Store has recorded (grows only): a caller that sees
+    it change knows there may be alerts to post, and skips the look-up otherwise."""
+
     # --- helpers used inside transactions ---------------------------------------
 
     def _locked_run(self, run_id: str) -> RunRow:
@@ -133,6 +137,7 @@ class RunStore(StoreBase):
         for key, fields, what in due:
             BudgetAlertRow.insert(run=run.id, key=key, fields=fields, what=what,
                                   created_at=now).execute()
+        self.alerts_recorded += len(due)
         return run.model_copy(update={"alerted": alerted})
 
     @staticmethod
