@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from bot.config import Settings, load_settings, parse_duration
 from storage.errors import TapgateError
 
+# bot.config (pydantic-settings) is imported where it is used: a hook runs this module
+# before every tool call of an agent, and must not pay for the bot's settings.
 if TYPE_CHECKING:
+    from bot.config import Settings
     from storage.store import Store
 
 EXIT_BY_STATUS = {"approved": 0, "denied": 1, "expired": 3, "cancelled": 3, "pending": 4}
@@ -39,6 +41,8 @@ class CommandError(TapgateError):
 
 
 def _duration(text: str) -> float:
+    from bot.durations import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -75,8 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tapgate", description="Human-in-the-loop approvals for AI agents over Telegram.")
     parser.add_argument("--env-file", metavar="PATH",
-                        help="read settings from PATH instead of ./bot.env")
+                        help="read settings from PATH (default: ./bot.env, else "
+                             "~/.config/tapgate/bot.env)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from bot.onboarding_cli import add_commands as add_onboarding
+
+    add_onboarding(sub)  # init, doctor
 
     sub.add_parser("run", help="migrate, then serve Telegram, the socket API and expiry"
                    ).set_defaults(func=cmd_run)
@@ -128,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="default: stdout")
     p.set_defaults(func=cmd_audit_export)
 
+    from bot.integrations.cli import add_commands
+
+    add_commands(sub)
+
     policy = sub.add_parser("policy", help="policy bundles").add_subparsers(
         dest="policy_command", required=True, metavar="{apply}")
     p = policy.add_parser("apply", help="register the bundles of a YAML or TOML file")
@@ -140,7 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # usage errors exit 2
     try:
-        settings = load_settings(args.env_file)
+        # A hook or the MCP server reads its settings itself: an invalid bot.env must
+        # still end in the agent's own answer, never in a bare exit 2.
+        settings = None
+        if getattr(args, "needs_settings", True):
+            from bot.config import load_settings
+
+            settings = load_settings(args.env_file)
         return args.func(args, settings)
     except KeyboardInterrupt:
         return 130
@@ -187,6 +206,9 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         else:
             out(migrations_table(statuses))
         return 0
+    from bot import places
+
+    places.prepare_dirs(None, settings.database_url)  # a fresh well-known place: create it
     store = Store.from_url(settings.database_url, workers=1)
     try:
         applied = store.migrate()

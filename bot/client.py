@@ -17,7 +17,8 @@ Every error the server answers raises :class:`ClientError` (``status``,
 :class:`ConnectionFailed`, naming the path; a socket served by another uid than
 the expected one raises :class:`WrongServer` before anything is sent (see
 :mod:`bot.client_transport`). The socket path defaults to
-``$TAPGATE_SOCKET_PATH``, else ``tapgate.sock``.
+``$TAPGATE_SOCKET_PATH``, else the well-known place the bot uses too
+(``$XDG_RUNTIME_DIR/tapgate/tapgate.sock``, else ``~/.local/state/tapgate/tapgate.sock``).
 """
 from __future__ import annotations
 

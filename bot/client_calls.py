@@ -33,7 +33,6 @@ from storage.records import (
     UsageSummary,
 )
 
-DEFAULT_SOCKET = "tapgate.sock"
 DEFAULT_TIMEOUT = 30.0
 When = datetime | date | str | None
 
@@ -85,7 +84,11 @@ class ApprovalExpired(TapgateError):
 
 
 def default_socket_path() -> str:
-    return os.environ.get("TAPGATE_SOCKET_PATH") or DEFAULT_SOCKET
+    """``$TAPGATE_SOCKET_PATH``, else the well-known socket the bot binds by default
+    (:func:`bot.places.socket_path`): the same wherever the agent runs."""
+    from bot import places
+
+    return str(places.socket_path())
 
 
 # --- calls: what to send and how to read the answer, built once for both clients -------------

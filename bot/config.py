@@ -1,4 +1,8 @@
-"""Settings: ``TAPGATE_*`` environment variables, also read from ``bot.env``.
+"""Settings: ``TAPGATE_*`` environment variables, also read from an env file.
+
+The env file is ``--env-file``, else ``./bot.env``, else ``~/.config/tapgate/bot.env``;
+the socket and the SQLite database default to the well-known places of
+:mod:`bot.places`, which the clients compute the same way.
 
 Every problem is reported as one line naming the environment variable, so a
 person can fix it without reading a traceback (``tapgate run`` exits 2).
@@ -8,18 +12,17 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot import places
+from bot.durations import parse_duration  # noqa: F401  (re-exported: the settings parse with it)
 from storage.errors import TapgateError
 
 PREFIX = "TAPGATE_"
-DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 MIN_TTL, MAX_TTL = 1.0, 30 * 86400.0
 
 
@@ -27,16 +30,6 @@ class ConfigError(TapgateError):
     """A setting is missing or invalid; the message is one line naming the variable."""
 
     code = "config_error"
-
-
-def parse_duration(value: str | int | float) -> float:
-    """Seconds from ``90``, ``90s``, ``15m``, ``24h`` or ``7d``."""
-    if isinstance(value, int | float):
-        return float(value)
-    match = DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"invalid duration {value!r} (use seconds or 90s, 15m, 24h, 7d)")
-    return float(match.group(1)) * UNITS[match.group(2)]
 
 
 def _int_list(value: object) -> list[int]:
@@ -57,15 +50,16 @@ IntList = Annotated[list[int], NoDecode]
 class Settings(BaseSettings):
     """Every setting of DESIGN.md's table."""
 
-    model_config = SettingsConfigDict(env_prefix=PREFIX, env_file="bot.env", extra="ignore",
+    # No env_file here: load_settings picks the file (see bot.places).
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore",
                                       env_file_encoding="utf-8")
 
     telegram_token: SecretStr | None = None
     telegram_api_url: str = "https://api.telegram.org"
     approver_chat_ids: IntList = Field(default_factory=list)
     approver_user_ids: IntList = Field(default_factory=list)
-    database_url: str = "sqlite:///tapgate.db"
-    socket_path: Path = Path("tapgate.sock")
+    database_url: str = Field(default_factory=places.well_known_database_url)
+    socket_path: Path = Field(default_factory=places.well_known_socket)
     socket_allowed_uids: IntList = Field(default_factory=list)
     socket_admin_uids: IntList = Field(default_factory=list)
     socket_server_uid: int | None = Field(None, ge=0)  # a uid or a user name in the env
@@ -79,6 +73,15 @@ class Settings(BaseSettings):
 
     _lists = field_validator("approver_chat_ids", "approver_user_ids", "socket_allowed_uids",
                              "socket_admin_uids", mode="before")(_int_list)
+
+    @field_validator("database_url", "socket_path", mode="before")
+    @classmethod
+    def _blank_is_well_known(cls, value: object, info) -> object:
+        # ``TAPGATE_SOCKET_PATH=`` (as in bot.env.example) means "the default", not "."
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return (places.well_known_database_url() if info.field_name == "database_url"
+                    else places.well_known_socket())
+        return value
 
     @field_validator("socket_server_uid", mode="before")
     @classmethod
@@ -156,14 +159,22 @@ class Settings(BaseSettings):
             raise ConfigError(f"{PREFIX}APPROVER_USER_IDS: missing (comma-separated user ids)")
 
 
+def settings_file(env_file: str | Path | None = None) -> Path | None:
+    """The env file :func:`load_settings` reads: ``env_file``, else the first existing
+    of ``./bot.env`` and ``~/.config/tapgate/bot.env``, else None (environment only)."""
+    if env_file is not None:
+        if not Path(env_file).is_file():
+            raise ConfigError(f"--env-file: {env_file} does not exist")
+        return Path(env_file)
+    return places.find_env_file()
+
+
 def load_settings(env_file: str | Path | None = None) -> Settings:
-    """Read the settings (``env_file`` replaces ``bot.env``); ConfigError on a bad value."""
-    if env_file is not None and not Path(env_file).is_file():
-        raise ConfigError(f"--env-file: {env_file} does not exist")
+    """Read the settings from the environment and :func:`settings_file`; ConfigError on
+    a bad value. Environment variables win over the file."""
+    path = settings_file(env_file)
     try:
-        if env_file is not None:
-            return Settings(_env_file=str(env_file))
-        return Settings()
+        return Settings(_env_file=str(path) if path is not None else None)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"

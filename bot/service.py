@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError
 
-from bot import redact
+from bot import places, redact
 from bot.approvals import ApprovalManager
 from bot.config import ConfigError, Settings
 from bot.expiry import schedule_expiry, sweep
@@ -93,6 +93,10 @@ class Service:
         # The database runs on executor threads: a 5 ms GIL switch interval would let a
         # busy event loop hold a finished commit back for that long; decisions are latency-bound.
         sys.setswitchinterval(0.0005)
+        # The well-known places (~/.local/state/tapgate, $XDG_RUNTIME_DIR/tapgate) may not
+        # exist yet; SQLite and bind() need their directories, private to this user.
+        places.prepare_dirs(self.settings.socket_path if self.with_socket else None,
+                            self.settings.database_url)
         applied = await self.store.run(self.store.migrate)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))

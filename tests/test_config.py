@@ -18,14 +18,17 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     for key in list(os.environ):
-        if key.startswith("TAPGATE_"):
+        if key.startswith(("TAPGATE_", "XDG_")):
             monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.config/tapgate/bot.env
     monkeypatch.chdir(tmp_path)  # no stray bot.env
 
 
-def test_defaults():
+def test_defaults(tmp_path):
     s = load_settings()
-    assert s.database_url == "sqlite:///tapgate.db"
+    state = tmp_path / "home" / ".local" / "state" / "tapgate"
+    assert s.database_url == f"sqlite:///{state / 'tapgate.db'}"
+    assert s.socket_path == state / "tapgate.sock"
     assert s.default_ttl == 86400 and s.expiry_interval == 30
     assert s.telegram_api_url == "https://api.telegram.org"
     assert s.allowed_uids == [os.getuid()]

@@ -1,0 +1,419 @@
+"""The shared core of ``tapgate hook <agent>``: event JSON in, one approval, a decision out.
+
+An agent runs the hook before a tool call, with the event as JSON on stdin, and reads
+its answer from stdout. The core reads the event, lets the agent's adapter (one small
+module per agent, see :data:`ADAPTERS`) translate it into a :class:`HookRequest`,
+submits one approval over the socket API (creating the session's run on first use),
+waits for a person, and hands a :class:`Verdict` back to the adapter to print.
+
+Failing safe is the point: the hook must never crash, because a crashed hook lets
+the tool run. Every error — unreadable stdin, an invalid setting, an unreachable
+bot, a refused request, a bug — ends in the agent's fallback answer with the reason,
+on stdout, exit code 0.
+
+The hook runs before every tool call, so until the request is posted only the
+standard library is used (:class:`_Socket`); the agents' client (:mod:`bot.client`)
+is imported after, to wait for the decision.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib
+import json
+import math
+import re
+import socket
+import struct
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+from urllib.parse import quote
+
+MAX_STDIN = 8 * 1024 * 1024  # a Write of a big file arrives whole; more is not an event
+WAIT_GRACE = 5.0  # seconds past the TTL: the bot marks the request expired, then we stop
+# The API's limits (bot/api/schemas.py, which costs pydantic models to import; a test
+# keeps these equal): ids and kinds, a run's name, a payload as compact JSON.
+MAX_KEY, MAX_NAME, MAX_PAYLOAD = 200, 500, 64 * 1024
+LONG_STRING = 2000  # tool_input strings longer than this are cut when the payload is too big
+
+Decision = Literal["allow", "deny", "ask", "pass"]
+
+
+class HookInputError(ValueError):
+    """The event on stdin is not what the agent's contract promises (the reason says how)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the hook answers: ``allow``, ``deny``, ``ask`` (the agent asks locally) or
+    ``pass`` (no opinion: the agent decides as if there were no hook), and why."""
+
+    decision: Decision
+    reason: str = ""
+
+
+@dataclass
+class HookRequest:
+    """One tool call to gate, as the core needs it (built by an adapter)."""
+
+    event: str  # the agent's hook_event_name, e.g. PreToolUse, PermissionRequest, BeforeTool
+    tool_name: str
+    tool_input: dict[str, Any]
+    session_id: str | None = None
+    cwd: str | None = None
+    tool_use_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # more context for the payload
+
+
+class Adapter(Protocol):
+    """One agent's translation. Adding an agent is one module exposing ``ADAPTER`` and a
+    line in :data:`ADAPTERS` (and its name in ``bot/integrations/cli.py``)."""
+
+    agent: str  # the approval's ``agent``
+    default_event: str  # the event assumed when stdin is too broken to name one
+    has_ask: bool  # False: an ``ask`` fallback is answered as deny (the agent cannot ask)
+
+    def parse(self, event: dict[str, Any]) -> HookRequest:
+        """The request in ``event``; :class:`HookInputError` when it is not one."""
+
+    def render(self, verdict: Verdict, event: str) -> dict[str, Any]:
+        """The JSON object to print for ``verdict`` in a hook of ``event``."""
+
+
+ADAPTERS = {"claude-code": "bot.integrations.claude_code", "codex": "bot.integrations.codex",
+            "gemini": "bot.integrations.gemini"}
+
+
+def load_adapter(agent: str) -> Adapter:
+    """The adapter of ``agent`` (imported on use: a hook loads only its own)."""
+    return importlib.import_module(ADAPTERS[agent]).ADAPTER
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def run_hook(agent: str, args: Any, stdin: Any = None, stdout: Any = None) -> int:
+    """``tapgate hook <agent>``: read the event, ask, print the answer; always exit 0.
+
+    ``args``: ``fallback`` (ask|deny|allow|None), ``ttl`` (a duration), ``only`` (a
+    regex on the tool name), ``socket`` and ``env_file`` (paths or None).
+    """
+    stdin = stdin if stdin is not None else sys.stdin.buffer
+    stdout = stdout if stdout is not None else sys.stdout
+    adapter = load_adapter(agent)
+    event_name = adapter.default_event
+    fallback = _fallback(adapter, getattr(args, "fallback", None))
+    try:
+        event = read_event(stdin)
+        if isinstance(event.get("hook_event_name"), str):
+            event_name = event["hook_event_name"]
+        verdict = _decide(adapter, event, args, fallback)
+    except HookInputError as exc:
+        verdict = _fall_back(fallback, f"unreadable hook input: {exc}")
+    except SocketError as exc:
+        verdict = _fall_back(fallback, str(exc))
+    except Exception as exc:  # noqa: BLE001 (a crashed hook lets the tool run: never crash)
+        verdict = _fall_back(fallback, f"{type(exc).__name__}: {exc}")
+    _emit(adapter, verdict, event_name, stdout)
+    return 0
+
+
+def _emit(adapter: Adapter, verdict: Verdict, event_name: str, stdout: Any) -> None:
+    try:
+        answer = adapter.render(verdict, event_name)
+    except Exception:  # noqa: BLE001 (an unknown event name, say: the agent's default shape)
+        answer = adapter.render(verdict, adapter.default_event)
+    stdout.write(json.dumps(answer, ensure_ascii=False) + "\n")
+    stdout.flush()
+    if verdict.decision != "allow" and verdict.reason:
+        # The agent's log, for whoever wonders why the hook did not allow.
+        print(f"tapgate: {verdict.reason}", file=sys.stderr)
+
+
+def read_event(stdin: Any) -> dict[str, Any]:
+    """The event object on ``stdin`` (bytes); :class:`HookInputError` when it is not one."""
+    data = stdin.read(MAX_STDIN + 1)
+    if len(data) > MAX_STDIN:
+        raise HookInputError(f"more than {MAX_STDIN} bytes on stdin")
+    if not data.strip():
+        raise HookInputError("stdin is empty (expected the event as JSON)")
+    try:
+        event = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise HookInputError(f"stdin is not JSON ({str(exc)[:200]})") from None
+    if not isinstance(event, dict):
+        raise HookInputError(f"expected a JSON object, got {type(event).__name__}")
+    return event
+
+
+def _fallback(adapter: Adapter, chosen: str | None) -> str:
+    if chosen == "allow":
+        return "allow"  # only ever when the user asked for it
+    if chosen == "deny" or not adapter.has_ask:
+        return "deny"
+    return "ask"
+
+
+def _fall_back(fallback: str, why: str) -> Verdict:
+    return Verdict(fallback, f"Tapgate could not get a decision ({' '.join(why.split())}); "
+                             f"fallback: {fallback}")
+
+
+def _decide(adapter: Adapter, event: dict[str, Any], args: Any, fallback: str) -> Verdict:
+    """Everything between the event and the verdict; raises on any failure."""
+    request = adapter.parse(event)
+    only = getattr(args, "only", None)
+    if only:
+        try:
+            pattern = re.compile(only)
+        except re.error as exc:
+            raise HookInputError(f"--only {only!r} is not a regex: {exc}") from None
+        if not pattern.fullmatch(request.tool_name):
+            return Verdict("pass", f"{request.tool_name} is not gated (--only {only})")
+
+    # Light on purpose: the bot's full settings (pydantic-settings) would cost a hook
+    # about half its time budget, and a hook needs only the socket and its server's uid.
+    from bot.client_settings import load_client_settings
+    from bot.durations import parse_duration
+
+    try:
+        ttl = parse_duration(getattr(args, "ttl", None) or "10m")
+    except ValueError as exc:
+        raise HookInputError(f"--ttl: {exc}") from None
+    if not 1 <= ttl <= 30 * 86400:
+        raise HookInputError("--ttl: must be between 1s and 30d")
+    settings = load_client_settings(getattr(args, "env_file", None))
+    socket_path = str(getattr(args, "socket", None) or settings.socket_path)
+    server_uid = settings.server_uid
+
+    # The request is posted over the standard library (see _Socket) before the client's
+    # heavier imports: that is the hook's whole overhead as the approver sees it.
+    sock = _Socket(socket_path, server_uid)
+    try:
+        body = {"agent": adapter.agent, "kind": request.tool_name[:MAX_KEY],
+                "summary": summarize(request), "payload": payload_of(request),
+                "ttl_seconds": ttl, "run_id": _run_for(sock, request),
+                "idempotency_key": _key(request.tool_use_id)}
+        submitted = sock.call("POST", "/v1/approvals", {k: v for k, v in body.items()
+                                                        if v is not None})
+    finally:
+        sock.close()
+
+    from bot.client import ClientError, TapgateClient
+    from storage.records import Approval
+
+    approval = Approval.model_validate(submitted)
+    with TapgateClient(socket_path, server_uid=server_uid) as client:
+        try:
+            # The client's wait long-polls and rides out a restart of the bot.
+            approval = client.wait_for_decision(approval, timeout=ttl + WAIT_GRACE)
+        except ClientError as exc:
+            return _fall_back(fallback, f"waiting for {approval.id}: {exc}")
+    return _verdict(approval, fallback)
+
+
+class SocketError(Exception):
+    """The bot answered an error (``status`` > 0) or could not be reached (``status`` 0)."""
+
+    def __init__(self, status: int, message: str):
+        self.status = status
+        super().__init__(message)
+
+
+class _Socket(http.client.HTTPConnection):
+    """HTTP/1.1 to the bot's socket, standard library only.
+
+    ``bot.client`` costs httpx (which loads rich), an SSL context and every wire model
+    at start-up: more than the rest of the hook. The calls made before the request is
+    posted go through this instead, with the client transport's check: the socket must
+    be served by ``server_uid`` (``SO_PEERCRED``), else nothing is sent.
+    """
+
+    def __init__(self, path: str, server_uid: int, timeout: float = 30.0):
+        super().__init__("tapgate", timeout=timeout)
+        self.path, self.server_uid = path, server_uid
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+            pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET,
+                                                              socket.SO_PEERCRED, 12))
+        except OSError as exc:
+            sock.close()
+            why = ("nothing is listening (is `tapgate run` running?)"
+                   if isinstance(exc, FileNotFoundError | ConnectionRefusedError)
+                   else exc.strerror or type(exc).__name__)
+            raise SocketError(0, f"cannot reach tapgate at {self.path}: {why}") from None
+        if uid != self.server_uid:
+            sock.close()
+            raise SocketError(0, f"refusing tapgate at {self.path}: served by uid {uid} "
+                                 f"(pid {pid}), expected uid {self.server_uid}")
+        self.sock = sock
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """The JSON answer of one call; :class:`SocketError` for an error or no answer."""
+        data = None if body is None else json.dumps(body, allow_nan=False).encode()
+        try:
+            self.request(method, path, body=data,
+                         headers={"Content-Type": "application/json"} if data else {})
+            response = self.getresponse()
+            raw = response.read()
+        except OSError as exc:
+            raise SocketError(0, f"tapgate at {self.path} did not answer: {exc}") from None
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        if response.status >= 400 or answer is None:
+            error = answer.get("error") if isinstance(answer, dict) else None
+            text = (f"{error.get('code')}: {error.get('message')}" if isinstance(error, dict)
+                    else raw[:200].decode(errors="replace"))
+            raise SocketError(response.status, f"tapgate answered {response.status} {text}")
+        return answer
+
+
+def _verdict(approval: Any, fallback: str) -> Verdict:
+    who = approval.decided_by or "an approver"
+    if approval.status == "approved":
+        return Verdict("allow", f"Approved by {who} via Tapgate ({approval.id})")
+    if approval.status == "denied":
+        why = approval.reason or "no reason given"
+        return Verdict("deny", f"Denied by {who} via Tapgate: {why}")
+    how = "still pending" if approval.status == "pending" else approval.status
+    reason = f": {approval.reason}" if approval.reason else ""
+    return _fall_back(fallback, f"request {approval.id} {how}{reason}")
+
+
+def _key(value: str | None) -> str | None:
+    # Only the agent's own id of the call: a key made up from the call's content would
+    # hand an old approval to a later, identical call.
+    return value if value and len(value) <= MAX_KEY and "\x00" not in value else None
+
+
+def _run_for(sock: _Socket, request: HookRequest) -> str | None:
+    """The session's run id, creating the run on first use (``None``: no session id)."""
+    run_id = _key(request.session_id)
+    if run_id is None:
+        return None
+    path = "/v1/runs/" + quote(run_id, safe="")
+    try:
+        sock.call("GET", path)
+        return run_id
+    except SocketError as exc:
+        if exc.status != 404:
+            raise
+    try:
+        # Only on a 404: an agent's uid may create a run but not rewrite an existing
+        # one's budgets, which a PUT of an existing run would.
+        sock.call("PUT", path, {"name": (request.cwd or "")[-MAX_NAME:]})
+    except SocketError:
+        sock.call("GET", path)  # a parallel hook of the same session created it first
+    return run_id
+
+
+# --- what the approver sees -----------------------------------------------------------------
+
+PATH_KEYS = ("file_path", "notebook_path", "path", "absolute_path", "dir_path")
+MAIN_KEYS = ("command", "url", "query", "pattern", "prompt", "description", "name", "id")
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(str(text).replace("\x00", "").split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def summarize(request: HookRequest, limit: int = 500) -> str:
+    """One line a person can judge at a glance: the shell command, ``Edit path``,
+    ``Write path (N lines)``, ``mcp__server__tool: main argument``."""
+    name, data = request.tool_name, request.tool_input
+    command = data.get("command")
+    if isinstance(command, list):
+        command = " ".join(str(part) for part in command)
+    if isinstance(command, str) and command.strip():
+        return _one_line(f"{name}: {command}" if name.startswith("mcp__") else command, limit)
+    path = next((data[k] for k in PATH_KEYS if isinstance(data.get(k), str) and data[k]), None)
+    if path is not None:
+        base = (request.cwd or "").rstrip("/") + "/"
+        text = f"{name} {path.removeprefix(base) if base != '/' else path}"
+        content = data.get("content")
+        if isinstance(content, str):  # a file written whole: how big it is
+            lines = content.count("\n") + (0 if content.endswith("\n") or not content else 1)
+            text += f" ({lines} line{'' if lines == 1 else 's'})"
+        return _one_line(text, limit)
+    main = next((data[k] for k in MAIN_KEYS if isinstance(data.get(k), str) and data[k]), None)
+    if main is None:  # an MCP tool's own argument names: its first short string
+        main = next((v for v in data.values() if isinstance(v, str) and v.strip()), None)
+    return _one_line(f"{name}: {main}" if main else name, limit) or "tool call"
+
+
+def payload_of(request: HookRequest) -> dict[str, Any]:
+    """What the approver can open: the tool input and where it runs (never the transcript
+    itself, only its path), cut to fit the API's payload limit."""
+    payload = {"tool_input": request.tool_input, "cwd": request.cwd,
+               "session_id": request.session_id, "tool_use_id": request.tool_use_id,
+               "hook_event_name": request.event, **request.extra}
+    payload = {k: v for k, v in payload.items() if v is not None}
+    budget = MAX_PAYLOAD - 1024  # room for the envelope's own growth
+    try:
+        if json_size(payload) <= budget:
+            return payload
+        payload["tool_input"] = _cut(request.tool_input, LONG_STRING)
+        if json_size(payload) <= budget:
+            return payload
+    except ValueError:  # NaN or Infinity somewhere: send a readable text instead
+        pass
+    text = json.dumps(request.tool_input, ensure_ascii=False, default=str)
+    payload["tool_input"] = {"truncated": _cut(text, budget // 4), "chars": len(text)}
+    return payload
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value`` as compact JSON, as the API counts them (ValueError: NaN, Infinity)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _cut(value: Any, limit: int) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + f"… [{len(value) - limit} more characters]"
+    if isinstance(value, dict):
+        return {k: _cut(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut(v, limit) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # the API refuses NaN and Infinity
+    return value
+
+
+# --- helpers for the adapters ---------------------------------------------------------------
+
+
+def text_field(event: dict[str, Any], key: str, required: bool = False) -> str | None:
+    """``event[key]`` as a string (None when absent and not required)."""
+    value = event.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise HookInputError(f"{key!r} must be a non-empty string, got {value!r:.80}")
+    return value
+
+
+def tool_request(event: dict[str, Any], default_event: str,
+                 extra_keys: tuple[str, ...] = ()) -> HookRequest:
+    """The fields every agent's tool event shares (``tool_name``, ``tool_input``,
+    ``session_id``, ``cwd``, ``tool_use_id``, ``transcript_path``, ``hook_event_name``)."""
+    tool_input = event.get("tool_input", {})
+    if not isinstance(tool_input, dict):
+        raise HookInputError(f"'tool_input' must be an object, got {type(tool_input).__name__}")
+    extra = {k: event[k] for k in ("transcript_path", *extra_keys) if event.get(k) is not None}
+    return HookRequest(
+        event=text_field(event, "hook_event_name") or default_event,
+        tool_name=text_field(event, "tool_name", required=True),
+        tool_input=tool_input,
+        session_id=text_field(event, "session_id"),
+        cwd=text_field(event, "cwd"),
+        tool_use_id=text_field(event, "tool_use_id"),
+        extra=extra)

@@ -1,0 +1,327 @@
+"""``tapgate hook claude-code|codex|gemini``: the real command, fed each agent's documented
+stdin, against a running ``tapgate run`` and the fake Telegram.
+
+Each agent's answer is checked against its contract: Claude Code's ``hookSpecificOutput``
+(PreToolUse and PermissionRequest), Codex's PermissionRequest output (a JSON schema that
+refuses unknown keys at every level, written here from Codex's published one) and Gemini
+CLI's BeforeTool ``{decision, reason}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+
+from bot.client import AsyncTapgateClient
+from tests.botproc import BotProcess
+from tests.test_telegram import ALICE, BOB, CHAT_A, CHAT_B
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENTS = ("claude-code", "codex", "gemini")
+_serial = itertools.count(1)
+
+# Codex's permission-request.command.output schema, restated: every level refuses
+# unknown keys; "ask" is the absence of a decision.
+CODEX_OUTPUT = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "continue": {"type": "boolean"}, "stopReason": {"type": "string"},
+        "suppressOutput": {"type": "boolean"}, "systemMessage": {"type": "string"},
+        "hookSpecificOutput": {
+            "type": "object", "additionalProperties": False, "required": ["hookEventName"],
+            "properties": {
+                "hookEventName": {"const": "PermissionRequest"},
+                "decision": {
+                    "type": "object", "additionalProperties": False, "required": ["behavior"],
+                    "properties": {"behavior": {"enum": ["allow", "deny"]},
+                                   "message": {"type": "string"}}}}}},
+}
+
+
+def event_for(agent: str, command: str, *, tool_use_id: str | None = None,
+              session: str = "sess-1", claude_event: str = "PreToolUse") -> dict[str, Any]:
+    """The documented stdin of a shell call for ``agent``."""
+    cwd = "/home/dev/project"
+    if agent == "claude-code":
+        return {"session_id": session, "transcript_path": f"/home/dev/.claude/{session}.jsonl",
+                "cwd": cwd, "permission_mode": "default", "hook_event_name": claude_event,
+                "tool_name": "Bash", "tool_input": {"command": command, "description": "x"},
+                "tool_use_id": tool_use_id or f"toolu_{next(_serial)}"}
+    if agent == "codex":
+        return {"session_id": session, "turn_id": "turn-1", "transcript_path": None,
+                "cwd": cwd, "model": "gpt-5", "permission_mode": "default",
+                "hook_event_name": "PermissionRequest", "tool_name": "Bash",
+                "tool_input": {"command": command, "description": "needs network"}}
+    return {"session_id": session, "transcript_path": f"/home/dev/.gemini/{session}.json",
+            "cwd": cwd, "hook_event_name": "BeforeTool", "timestamp": "2026-11-29T05:00:00Z",
+            "tool_name": "run_shell_command", "tool_input": {"command": command}}
+
+
+def decision_of(agent: str, answer: dict[str, Any]) -> tuple[str, str]:
+    """(allow|deny|ask|pass, reason) read back from ``agent``'s answer, checking its shape."""
+    if answer == {}:
+        return "pass", ""
+    if agent == "gemini":
+        assert set(answer) == {"decision", "reason"}
+        return answer["decision"], answer["reason"]
+    if agent == "codex":
+        jsonschema.validate(answer, CODEX_OUTPUT)
+    if "hookSpecificOutput" not in answer:  # PermissionRequest with no decision
+        assert set(answer) == {"systemMessage"}
+        return "ask", answer["systemMessage"]
+    specific = answer["hookSpecificOutput"]
+    if specific["hookEventName"] == "PreToolUse":
+        assert set(specific) == {"hookEventName", "permissionDecision",
+                                 "permissionDecisionReason"}
+        return specific["permissionDecision"], specific["permissionDecisionReason"]
+    decision = specific["decision"]
+    return decision["behavior"], decision.get("message", "")
+
+
+FALLBACK = {"claude-code": "ask", "codex": "ask", "gemini": "deny"}
+
+
+class Hook:
+    """One ``python -m bot hook <agent>`` subprocess (stdin written and closed)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, agent: str):
+        self.proc, self.agent = proc, agent
+
+    @classmethod
+    async def start(cls, agent: str, stdin: bytes | dict, *args: str, socket: Path | str,
+                    **env: str) -> Hook:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("TAPGATE_")}
+        environ.update(TAPGATE_SOCKET_PATH=str(socket), **env)
+        data = stdin if isinstance(stdin, bytes) else json.dumps(stdin).encode()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "hook", agent, *args, cwd=tempfile.gettempdir(),
+            env=environ, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+        proc.stdin.close()
+        return cls(proc, agent)
+
+    async def answer(self, timeout: float = 60) -> tuple[str, str, dict]:
+        """(decision, reason, raw answer); the process must exit 0 with no traceback."""
+        out, err = await asyncio.wait_for(self.proc.communicate(), timeout)
+        assert self.proc.returncode == 0, err.decode()
+        assert b"Traceback" not in err, err.decode()
+        answer = json.loads(out)
+        return (*decision_of(self.agent, answer), answer)
+
+
+@pytest.fixture
+async def bot(fake, sqlite_url):
+    async with BotProcess(fake, sqlite_url) as proc:
+        yield proc
+
+
+async def posted_request(fake, command: str, chat: int = CHAT_A):
+    """The approver message of the request whose summary is ``command``, and its id."""
+    call = await fake.wait_for("sendMessage", lambda c: int(c.params["chat_id"]) == chat
+                               and command in c.params["text"], timeout=30)
+    msg = fake.message(chat, call.response["result"]["message_id"])
+    return msg, msg.text.rsplit("ID: ", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+async def test_approve_allows_and_the_request_carries_the_session(agent, fake, bot):
+    command = f"rm -rf build/ # {agent}"
+    hook = await Hook.start(agent, event_for(agent, command), socket=bot.socket_path)
+    msg, approval_id = await posted_request(fake, command)
+    fake.tap(msg.chat_id, msg.message_id, ALICE, button_text="✅ Approve")
+    decision, reason, answer = await hook.answer()
+    assert decision == "allow"
+    if agent == "codex":  # exactly the documented answer, nothing more
+        assert answer == {"hookSpecificOutput": {"hookEventName": "PermissionRequest",
+                                                 "decision": {"behavior": "allow"}}}
+    async with AsyncTapgateClient(bot.socket_path) as client:
+        approval = await client.get_approval(approval_id)
+        run = await client.get_run("sess-1")
+    assert approval.agent == agent and approval.summary == command
+    assert approval.kind == ("run_shell_command" if agent == "gemini" else "Bash")
+    assert approval.run_id == "sess-1" and run.name == "/home/dev/project"
+    assert approval.payload["tool_input"]["command"] == command
+    assert approval.payload["cwd"] == "/home/dev/project"
+    assert approval.payload["hook_event_name"] == event_for(agent, "")["hook_event_name"]
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+async def test_deny_with_a_reason_reaches_the_agent(agent, fake, bot):
+    command = f"git push --force # {agent}"
+    hook = await Hook.start(agent, event_for(agent, command), socket=bot.socket_path)
+    _, approval_id = await posted_request(fake, command, CHAT_B)
+    fake.send_text(CHAT_B, BOB, f"/deny {approval_id} use a branch instead")
+    decision, reason, _ = await hook.answer()
+    assert decision == "deny"
+    assert "use a branch instead" in reason and "@bob" in reason
+
+
+async def test_claude_permission_request_event(fake, bot):
+    command = "make deploy # permission request"
+    event = event_for("claude-code", command, claude_event="PermissionRequest")
+    hook = await Hook.start("claude-code", event, socket=bot.socket_path)
+    msg, _ = await posted_request(fake, command)
+    fake.tap(msg.chat_id, msg.message_id, ALICE, button_text="✅ Approve")
+    *_, answer = await hook.answer()
+    assert answer == {"hookSpecificOutput": {"hookEventName": "PermissionRequest",
+                                             "decision": {"behavior": "allow"}}}
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+async def test_expiry_answers_the_fallback(agent, fake, bot):
+    command = f"sleep 1 # expiring {agent}"
+    hook = await Hook.start(agent, event_for(agent, command), "--ttl", "2s",
+                            socket=bot.socket_path)
+    await posted_request(fake, command)
+    decision, reason, _ = await hook.answer()
+    assert decision == FALLBACK[agent]
+    assert "expired" in reason
+
+
+async def test_expiry_with_fallback_allow_and_deny(fake, bot):
+    hooks = [await Hook.start("claude-code", event_for("claude-code", f"ttl {f}"), "--ttl",
+                              "1s", "--fallback", f, socket=bot.socket_path)
+             for f in ("allow", "deny")]
+    assert [(await h.answer())[0] for h in hooks] == ["allow", "deny"]
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+async def test_unreachable_bot_answers_the_fallback(agent, tmp_path):
+    hook = await Hook.start(agent, event_for(agent, "ls"), socket=tmp_path / "none.sock")
+    decision, reason, _ = await hook.answer()
+    assert decision == FALLBACK[agent]
+    assert "cannot reach tapgate" in reason
+
+
+MALFORMED = [
+    (b"", "stdin is empty"),
+    (b"{not json", "not JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b'{"tool_name": 5, "tool_input": {}}', "'tool_name' must be a non-empty string"),
+    (b'{"tool_name": "Bash", "tool_input": "ls"}', "'tool_input' must be an object"),
+    (b"\xff\xfe garbage", "not JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "not JSON"),
+]
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+@pytest.mark.parametrize("stdin,why", MALFORMED, ids=range(len(MALFORMED)))
+async def test_malformed_stdin_answers_the_fallback_with_a_reason(agent, stdin, why, tmp_path):
+    hook = await Hook.start(agent, stdin, socket=tmp_path / "none.sock")
+    decision, reason, _ = await hook.answer()
+    assert decision == FALLBACK[agent]
+    assert why in reason
+
+
+async def test_oversize_stdin_and_invalid_settings_answer_the_fallback(tmp_path):
+    big = await Hook.start("gemini", b" " * (8 * 1024 * 1024 + 1), socket=tmp_path / "x")
+    decision, reason, _ = await big.answer()
+    assert decision == "deny" and "more than" in reason
+    bad = await Hook.start("codex", event_for("codex", "ls"), socket=tmp_path / "x",
+                           TAPGATE_SOCKET_SERVER_UID="no-such-user-anywhere")
+    decision, reason, _ = await bad.answer()
+    assert decision == "ask" and "TAPGATE_SOCKET_SERVER_UID" in reason
+    ttl = await Hook.start("claude-code", event_for("claude-code", "ls"), "--ttl", "forever",
+                           "--fallback", "deny", socket=tmp_path / "x")
+    decision, reason, _ = await ttl.answer()
+    assert decision == "deny" and "--ttl" in reason
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+async def test_only_lets_other_tools_pass_and_posts_nothing(agent, fake, bot):
+    hook = await Hook.start(agent, event_for(agent, "ls # not gated"), "--only",
+                            "Write|Edit|mcp__.*", socket=bot.socket_path)
+    decision, _, answer = await hook.answer()
+    assert decision == "pass" and answer == {}
+    async with AsyncTapgateClient(bot.socket_path) as client:
+        assert await client.list_approvals() == []
+    assert not [c for c in fake.calls_of("sendMessage") if "not gated" in c.params["text"]]
+
+
+async def test_only_gates_a_matching_tool(fake, bot):
+    event = event_for("claude-code", "")
+    event.update(tool_name="mcp__github__create_issue",
+                 tool_input={"repo": "acme/app", "title": "ship it"})
+    hook = await Hook.start("claude-code", event, "--only", "Bash|mcp__.*",
+                            socket=bot.socket_path)
+    msg, _ = await posted_request(fake, "mcp__github__create_issue: acme/app")
+    fake.tap(msg.chat_id, msg.message_id, ALICE, button_text="✅ Approve")
+    assert (await hook.answer())[0] == "allow"
+
+
+async def test_same_tool_use_id_posts_once(fake, bot):
+    command = "terraform apply # retried"
+    event = event_for("claude-code", command, tool_use_id="toolu_retry")
+    # A short TTL: were the retry to post a request of its own, nobody would approve it
+    # and it would answer the fallback within seconds.
+    first = await Hook.start("claude-code", event, "--ttl", "6s", socket=bot.socket_path)
+    msg, approval_id = await posted_request(fake, command)
+    first.proc.kill()  # the agent gave up on it (its timeout) and runs the hook again
+    await first.proc.wait()
+    again = await Hook.start("claude-code", event, "--ttl", "6s", socket=bot.socket_path)
+    fake.tap(msg.chat_id, msg.message_id, ALICE, button_text="✅ Approve")
+    decision, reason, _ = await again.answer()
+    assert decision == "allow", reason
+    async with AsyncTapgateClient(bot.socket_path) as client:
+        approvals = await client.list_approvals()
+    assert [a.id for a in approvals] == [approval_id]
+    sent = [c for c in fake.calls_of("sendMessage")
+            if int(c.params["chat_id"]) == CHAT_A and command in c.params["text"]]
+    assert len(sent) == 1
+
+
+async def test_big_write_is_summarized_and_cut_to_fit(fake, bot):
+    content = "".join(f"line {i} " + "x" * 60 + "\n" for i in range(3000))  # ~200 KB
+    event = event_for("claude-code", "")
+    event.update(tool_name="Write", tool_input={"file_path": "/home/dev/project/src/big.py",
+                                                 "content": content})
+    hook = await Hook.start("claude-code", event, socket=bot.socket_path)
+    msg, approval_id = await posted_request(fake, "Write src/big.py (3000 lines)")
+    fake.tap(msg.chat_id, msg.message_id, ALICE, button_text="✅ Approve")
+    assert (await hook.answer())[0] == "allow"
+    async with AsyncTapgateClient(bot.socket_path) as client:
+        payload = (await client.get_approval(approval_id)).payload
+    assert payload["tool_input"]["file_path"] == "/home/dev/project/src/big.py"
+    assert payload["tool_input"]["content"].startswith("line 0 ")
+    assert payload["tool_input"]["content"].endswith("more characters]")
+    assert "transcript" not in json.dumps(payload).replace("transcript_path", "")
+
+
+def test_summaries_and_the_api_limits():
+    from bot.api import schemas
+    from bot.integrations import core
+
+    def limit(model, name: str) -> int:
+        return next(m.max_length for m in model.model_fields[name].metadata
+                    if getattr(m, "max_length", None))
+
+    assert schemas.MAX_PAYLOAD == core.MAX_PAYLOAD
+    assert limit(schemas.ApprovalCreate, "kind") == core.MAX_KEY  # also run_id's and the key's
+    assert limit(schemas.RunPut, "name") == core.MAX_NAME
+
+    def summary(tool: str, tool_input: dict) -> str:
+        return core.summarize(core.HookRequest("PreToolUse", tool, tool_input,
+                                               cwd="/repo"))
+
+    assert summary("Bash", {"command": "rm -rf build/\n  && make"}) == "rm -rf build/ && make"
+    assert summary("Edit", {"file_path": "/repo/a/b.py", "old_string": "x"}) == "Edit a/b.py"
+    assert summary("Write", {"file_path": "/etc/hosts", "content": "a\nb"}) == \
+        "Write /etc/hosts (2 lines)"
+    assert summary("mcp__db__query", {"sql": "DROP TABLE users"}) == \
+        "mcp__db__query: DROP TABLE users"
+    assert summary("WebFetch", {"url": "https://x.test", "prompt": "p"}) == \
+        "WebFetch: https://x.test"
+    assert summary("Bash", {"command": "y" * 600}).endswith("…")
+    assert len(summary("Bash", {"command": "y" * 600})) == 500
+    assert summary("TodoWrite", {"todos": []}) == "TodoWrite"
