@@ -12,23 +12,22 @@ bot, a refused request, a bug — ends in the agent's fallback answer with the r
 on stdout, exit code 0.
 
 The hook runs before every tool call, so until the request is posted only the
-standard library is used (:class:`_Socket`); the agents' client (:mod:`bot.client`)
+standard library is used (:class:`LightSocket`); the agents' client (:mod:`bot.client`)
 is imported after, to wait for the decision.
 """
 
 from __future__ import annotations
 
-import http.client
 import importlib
 import json
 import math
 import re
-import socket
-import struct
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
+
+from bot.integrations.light_socket import LightSocket, SocketError
 
 MAX_STDIN = 8 * 1024 * 1024  # a Write of a big file arrives whole; more is not an event
 WAIT_GRACE = 5.0  # seconds past the TTL: the bot marks the request expired, then we stop
@@ -187,9 +186,9 @@ def _decide(adapter: Adapter, event: dict[str, Any], args: Any, fallback: str) -
     socket_path = str(getattr(args, "socket", None) or settings.socket_path)
     server_uid = settings.server_uid
 
-    # The request is posted over the standard library (see _Socket) before the client's
+    # The request is posted over the standard library (see LightSocket) before the client's
     # heavier imports: that is the hook's whole overhead as the approver sees it.
-    sock = _Socket(socket_path, server_uid)
+    sock = LightSocket(socket_path, server_uid)
     try:
         body = {"agent": adapter.agent, "kind": request.tool_name[:MAX_KEY],
                 "summary": summarize(request), "payload": payload_of(request),
@@ -213,68 +212,6 @@ def _decide(adapter: Adapter, event: dict[str, Any], args: Any, fallback: str) -
     return _verdict(approval, fallback)
 
 
-class SocketError(Exception):
-    """The bot answered an error (``status`` > 0) or could not be reached (``status`` 0)."""
-
-    def __init__(self, status: int, message: str):
-        self.status = status
-        super().__init__(message)
-
-
-class _Socket(http.client.HTTPConnection):
-    """HTTP/1.1 to the bot's socket, standard library only.
-
-    ``bot.client`` costs httpx (which loads rich), an SSL context and every wire model
-    at start-up: more than the rest of the hook. The calls made before the request is
-    posted go through this instead, with the client transport's check: the socket must
-    be served by ``server_uid`` (``SO_PEERCRED``), else nothing is sent.
-    """
-
-    def __init__(self, path: str, server_uid: int, timeout: float = 30.0):
-        super().__init__("tapgate", timeout=timeout)
-        self.path, self.server_uid = path, server_uid
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.path)
-            pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET,
-                                                              socket.SO_PEERCRED, 12))
-        except OSError as exc:
-            sock.close()
-            why = ("nothing is listening (is `tapgate run` running?)"
-                   if isinstance(exc, FileNotFoundError | ConnectionRefusedError)
-                   else exc.strerror or type(exc).__name__)
-            raise SocketError(0, f"cannot reach tapgate at {self.path}: {why}") from None
-        if uid != self.server_uid:
-            sock.close()
-            raise SocketError(0, f"refusing tapgate at {self.path}: served by uid {uid} "
-                                 f"(pid {pid}), expected uid {self.server_uid}")
-        self.sock = sock
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        """The JSON answer of one call; :class:`SocketError` for an error or no answer."""
-        data = None if body is None else json.dumps(body, allow_nan=False).encode()
-        try:
-            self.request(method, path, body=data,
-                         headers={"Content-Type": "application/json"} if data else {})
-            response = self.getresponse()
-            raw = response.read()
-        except OSError as exc:
-            raise SocketError(0, f"tapgate at {self.path} did not answer: {exc}") from None
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            answer = None
-        if response.status >= 400 or answer is None:
-            error = answer.get("error") if isinstance(answer, dict) else None
-            text = (f"{error.get('code')}: {error.get('message')}" if isinstance(error, dict)
-                    else raw[:200].decode(errors="replace"))
-            raise SocketError(response.status, f"tapgate answered {response.status} {text}")
-        return answer
-
-
 def _verdict(approval: Any, fallback: str) -> Verdict:
     who = approval.decided_by or "an approver"
     if approval.status == "approved":
@@ -293,7 +230,7 @@ def _key(value: str | None) -> str | None:
     return value if value and len(value) <= MAX_KEY and "\x00" not in value else None
 
 
-def _run_for(sock: _Socket, request: HookRequest) -> str | None:
+def _run_for(sock: LightSocket, request: HookRequest) -> str | None:
     """The session's run id, creating the run on first use (``None``: no session id)."""
     run_id = _key(request.session_id)
     if run_id is None:
