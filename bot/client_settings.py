@@ -14,12 +14,12 @@ still reads every setting with pydantic-settings.
 from __future__ import annotations
 
 import os
-import pwd
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from bot import places
+from bot.peers import uid_of
 from storage.errors import TapgateError
 
 SERVER_UID_VAR = "TAPGATE_SOCKET_SERVER_UID"
@@ -56,13 +56,10 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def resolve_uid(value: str, name: str = SERVER_UID_VAR) -> int:
     """A uid from digits or a user name (ClientConfigError naming ``name`` if neither)."""
-    value = value.strip()
-    if value.isdigit():
-        return int(value)
     try:
-        return pwd.getpwnam(value).pw_uid
-    except KeyError:
-        raise ClientConfigError(f"{name}: no user named {value!r}") from None
+        return uid_of(value)
+    except ValueError as exc:
+        raise ClientConfigError(f"{name}: {exc}") from None
 
 
 def load_client_settings(env_file: str | Path | None = None,

@@ -14,18 +14,16 @@ Imports only httpx/httpcore and the clients' errors: no server dependencies.
 from __future__ import annotations
 
 import os
-import pwd
 import socket
-import struct
 from typing import Any
 
 import httpcore
 import httpx
 
 from bot.client_calls import ClientError
+from bot.peers import peer_credentials, uid_of
 
 SERVER_UID_ENV = "TAPGATE_SOCKET_SERVER_UID"
-PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class WrongServer(ClientError):
@@ -53,14 +51,11 @@ def resolve_server_uid(server_uid: int | str | None = None) -> int:
             return os.getuid()
     if isinstance(server_uid, int):
         uid = server_uid
-    elif server_uid.isdigit():
-        uid = int(server_uid)
     else:
         try:
-            uid = pwd.getpwnam(server_uid).pw_uid
-        except KeyError:
-            raise ClientError(0, "invalid_setting",
-                              f"{source}: no user named {server_uid!r}") from None
+            uid = uid_of(server_uid)
+        except ValueError as exc:
+            raise ClientError(0, "invalid_setting", f"{source}: {exc}") from None
     if uid < 0:
         raise ClientError(0, "invalid_setting", f"{source}: {uid} is not a uid")
     return uid
@@ -68,8 +63,7 @@ def resolve_server_uid(server_uid: int | str | None = None) -> int:
 
 def check_server(sock: Any, socket_path: str, expected_uid: int) -> None:
     """Raise :class:`WrongServer` unless ``expected_uid`` serves the connected ``sock``."""
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
-    pid, uid, _gid = PEERCRED.unpack(creds)
+    pid, uid, _gid = peer_credentials(sock)
     if uid != expected_uid:
         raise WrongServer(socket_path, uid, expected_uid, pid)
 

@@ -11,7 +11,6 @@ person can fix it without reading a traceback (``tapgate run`` exits 2).
 from __future__ import annotations
 
 import os
-import pwd
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot import places
 from bot.durations import parse_duration  # noqa: F401  (re-exported: the settings parse with it)
+from bot.peers import uid_of
 from storage.errors import TapgateError
 
 PREFIX = "TAPGATE_"
@@ -88,12 +88,7 @@ class Settings(BaseSettings):
     def _uid(cls, value: object) -> object:
         if value is None or (isinstance(value, str) and not value.strip()):
             return None
-        if isinstance(value, str) and not value.strip().isdigit():
-            try:
-                return pwd.getpwnam(value.strip()).pw_uid
-            except KeyError:
-                raise ValueError(f"no user named {value.strip()!r}") from None
-        return value
+        return uid_of(value) if isinstance(value, str) else value
 
     @field_validator("default_ttl", "expiry_interval", mode="before")
     @classmethod

@@ -15,7 +15,6 @@ import asyncio
 import os
 import socket
 import stat
-import struct
 import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from telegram.warnings import PTBUserWarning
 from bot import places
 from bot.config import ConfigError, Settings, load_settings, settings_file
 from bot.onboarding import make_bot
+from bot.peers import peer_credentials
 
 MAX_SKEW = 30.0  # seconds; approvals expire and alerts are dated by this clock
 AF_UNIX_MAX = 107  # bytes of sun_path, the terminating NUL aside (Linux)
@@ -277,14 +277,13 @@ def probe_socket(path: Path, expected_uid: int, label: str) -> tuple[bool, str]:
     sock.settimeout(3.0)
     try:
         sock.connect(str(path))
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = peer_credentials(sock)
     except (ConnectionRefusedError, FileNotFoundError):
         return True, f"{label}: a stale socket file, nothing answers; `tapgate run` replaces it"
     except OSError as exc:
         return False, f"{label}: cannot connect ({exc.strerror or exc})"
     finally:
         sock.close()
-    uid = struct.unpack("3i", creds)[1]
     if uid != expected_uid:
         # Never talk to it: a squatter's answers are not to be trusted.
         return False, (f"{label}: served by uid {uid}, not uid {expected_uid}: if that is your "

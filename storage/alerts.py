@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from storage.base import unit_of_work
-from storage.models import ApprovalMessageRow, ApprovalRow, BudgetAlertRow
+from storage.models import ApprovalRow, BudgetAlertRow
 from storage.records import Approval, BudgetAlert, Budgets, Run
 from storage.runs import RunStore, run_record
 
@@ -103,7 +103,7 @@ class AlertStore(RunStore):
         return result
 
     def _retire_alerts(self, run_id: str, decided_id: int, now: datetime) -> list[Approval]:
-        from storage.approvals import approval_record
+        from storage.approvals import approval_record, mark_copies_owed
 
         others = (BudgetAlertRow.select(BudgetAlertRow.approval_id)
                   .where((BudgetAlertRow.run == run_id) & (BudgetAlertRow.id != decided_id)
@@ -121,7 +121,6 @@ class AlertStore(RunStore):
                     .returning(ApprovalRow).execute())
         retired = [r.id for r in rows]
         if retired:
-            (ApprovalMessageRow.update(owed=True)
-             .where(ApprovalMessageRow.approval.in_(retired)).execute())
+            mark_copies_owed(retired)
             self.announce_final(retired)
         return [approval_record(r) for r in rows]

@@ -16,7 +16,6 @@ import logging
 import os
 import socket
 import stat
-import struct
 import weakref
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from bot.api.routes_base import (
 from bot.api.schemas import MAX_BODY, Health
 from bot.approvals import ApprovalManager
 from bot.governance import Governance
+from bot.peers import peer_credentials
 from bot.pricing import Pricer
 from storage.db import UNAVAILABLE, DatabaseFault, is_postgres
 from storage.errors import AlreadyFinal, BudgetExceeded, TapgateError
@@ -47,7 +47,6 @@ from storage.store import Store
 
 log = logging.getLogger("tapgate.api")
 
-PEERCRED = struct.Struct("3i")
 STATUS = {
     "bad_request": 400,
     "budget_exceeded": 402,
@@ -120,8 +119,7 @@ def _peer_uid(request: web.Request) -> int | None:
         sock = transport.get_extra_info("socket")
         if sock is None or sock.family != socket.AF_UNIX:
             return None
-        _pid, uid, _gid = PEERCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+        _pid, uid, _gid = peer_credentials(sock)
         _PEERS[transport] = uid
     return uid
 

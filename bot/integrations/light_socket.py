@@ -12,8 +12,9 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import struct
 from typing import Any
+
+from bot.peers import peer_credentials
 
 
 class SocketError(Exception):
@@ -42,8 +43,7 @@ class LightSocket(http.client.HTTPConnection):
         sock.settimeout(self.timeout)
         try:
             sock.connect(self.path)
-            pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET,
-                                                              socket.SO_PEERCRED, 12))
+            pid, uid, _ = peer_credentials(sock)
         except OSError as exc:
             sock.close()
             why = ("nothing is listening (is `tapgate run` running?)"
