@@ -146,16 +146,6 @@ def _describe_usage(run: Run, now: datetime) -> str:
     return ", ".join(parts)
 
 
-def budget_details(run: Run, reason: str | None) -> dict[str, Any]:
-    """The numbers a 402 answer carries."""
-    return {"run_id": run.id, "halt_reason": reason or run.halt_reason,
-            **{name: getattr(run, name) for name in BUDGET_FIELDS},
-            "usage_prompt_tokens": run.usage_prompt_tokens,
-            "usage_completion_tokens": run.usage_completion_tokens,
-            "usage_dollars": run.usage_dollars, "usage_loops": run.usage_loops}
-
-
-
 def agent_update(existing: Run, fields: dict[str, Any]) -> Budgets:
     """An agent's update of an existing run: budgets it leaves out keep their values;
     changing one, or the policy, is :class:`Forbidden`."""

@@ -29,7 +29,6 @@ from bot.budgets import (  # noqa: F401  (re-exported: the rules live in bot.bud
     agent_update,
     alert_summary,
     before_step,
-    budget_details,
     due_alerts,
     effective_budgets,
     grant_budgets,

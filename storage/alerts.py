@@ -67,13 +67,6 @@ class AlertStore(RunStore):
         return alert_record(row) if row else None
 
     @unit_of_work
-    def list_alerts(self, run_id: str) -> list[BudgetAlert]:
-        """A run's alerts, oldest first."""
-        query = (BudgetAlertRow.select().where(BudgetAlertRow.run == run_id)
-                 .order_by(BudgetAlertRow.id))
-        return [alert_record(r) for r in query]
-
-    @unit_of_work
     def settle_alert(self, approval_id: str, approved: bool, grant: GrantRule,
                      now: datetime | None = None) -> AlertSettlement:
         """Apply the decision on the alert posted as ``approval_id``, exactly once.
@@ -105,13 +98,11 @@ class AlertStore(RunStore):
     def _retire_alerts(self, run_id: str, decided_id: int, now: datetime) -> list[Approval]:
         from storage.approvals import approval_record, mark_copies_owed
 
-        others = (BudgetAlertRow.select(BudgetAlertRow.approval_id)
-                  .where((BudgetAlertRow.run == run_id) & (BudgetAlertRow.id != decided_id)
-                         & BudgetAlertRow.settled_at.is_null()))
-        ids = [r.approval_id for r in others if r.approval_id]
-        (BudgetAlertRow.update(settled_at=now)
-         .where((BudgetAlertRow.run == run_id) & (BudgetAlertRow.id != decided_id)
-                & BudgetAlertRow.settled_at.is_null()).execute())
+        settled = (BudgetAlertRow.update(settled_at=now)
+                   .where((BudgetAlertRow.run == run_id) & (BudgetAlertRow.id != decided_id)
+                          & BudgetAlertRow.settled_at.is_null())
+                   .returning(BudgetAlertRow.approval_id).execute())
+        ids = [r.approval_id for r in settled if r.approval_id]
         if not ids:
             return []
         rows = list(ApprovalRow.update(status="cancelled", decided_by="tapgate",
