@@ -34,8 +34,9 @@ sys.path.insert(0, str(HERE.parent))
 
 import psycopg  # noqa: E402
 
-from storage.approvals import _message_record, approval_record  # noqa: E402
+from storage.approvals import approval_record  # noqa: E402
 from storage.clock import to_text  # noqa: E402
+from storage.copies import _message_record  # noqa: E402
 from storage.db import is_postgres  # noqa: E402
 from storage.models import ApprovalMessageRow, ApprovalRow  # noqa: E402
 from storage.records import NewApproval  # noqa: E402

@@ -21,7 +21,7 @@ from typing import Any
 
 from storage.approvals import parse_callback_data
 from storage.errors import AlreadyFinal, InvalidArgument
-from storage.records import Approval, NewApproval
+from storage.records import Approval, NewApproval, NewRule, Rule
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -53,26 +53,44 @@ class ApprovalManager:
     async def submit(self, *, agent: str, kind: str, summary: str, payload: Any = None,
                      ttl_seconds: float | None = None, run_id: str | None = None,
                      tool_call_id: str | None = None, idempotency_key: str | None = None,
-                     submitter_uid: int | None = None) -> tuple[Approval, bool]:
+                     submitter_uid: int | None = None, accepts_edits: bool = False
+                     ) -> tuple[Approval, bool]:
         """Persist a request (and its owed Telegram messages), then announce it.
 
         Returns ``(approval, created)``; ``created`` is False for a repeated
-        idempotency key (nothing is posted twice).
+        idempotency key (nothing is posted twice). A request a live rule covers
+        comes back already ``approved`` (by ``rule:<id> (...)``), with no message.
         """
         new = NewApproval(agent=agent, kind=kind, summary=summary, payload=payload,
                           ttl_seconds=ttl_seconds or self.default_ttl, run_id=run_id,
                           tool_call_id=tool_call_id, idempotency_key=idempotency_key,
-                          chat_ids=self.chat_ids, submitter_uid=submitter_uid)
+                          chat_ids=self.chat_ids, submitter_uid=submitter_uid,
+                          accepts_edits=accepts_edits)
         approval, created = await self.store.run(self.store.create_approval, new)
         if created:
             self._publish(approval, created=True)
         return approval, created
 
     async def resolve(self, approval_id: str, status: str, decided_by: str,
-                      reason: str | None = None) -> Approval:
-        """Approve or deny. Raises NotFound, or AlreadyFinal with the current state."""
+                      reason: str | None = None, edited_payload: Any = None) -> Approval:
+        """Approve or deny (an approval may carry the approver's ``edited_payload``).
+        Raises NotFound, or AlreadyFinal with the current state."""
         return await self._transition(self.store.resolve_approval, approval_id, status,
-                                      decided_by, reason)
+                                      decided_by, reason, None, edited_payload)
+
+    async def decide_with_rule(self, approval_id: str, decided_by: str, rule: NewRule
+                               ) -> tuple[Approval, Rule]:
+        """Approve and create ``rule`` in one transaction (no rule if the request was
+        decided otherwise first: NotFound or AlreadyFinal, as for :meth:`resolve`)."""
+        try:
+            approval, made = await self.store.run(self.store.decide_with_rule, approval_id,
+                                                  decided_by, rule)
+        except AlreadyFinal as exc:
+            if exc.expired_now:
+                self._publish(exc.approval)
+            raise
+        self._publish(approval)
+        return approval, made
 
     async def resolve_by_callback(self, data: str, decided_by: str) -> Approval:
         """Resolve from button data ``appr:<id>:approve|deny`` (InvalidArgument if malformed)."""

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     socket_server_uid: int | None = Field(None, ge=0)  # a uid or a user name in the env
     default_ttl: float = 24 * 3600.0
     expiry_interval: float = 30.0
+    session_rule_ttl: float = 8 * 3600.0  # a "This session" rule ends with its run or this
     default_budget_tokens: int = Field(0, ge=0)
     default_budget_dollars: float = Field(0.0, ge=0)
     default_budget_loops: int = Field(0, ge=0)
@@ -90,12 +91,12 @@ class Settings(BaseSettings):
             return None
         return uid_of(value) if isinstance(value, str) else value
 
-    @field_validator("default_ttl", "expiry_interval", mode="before")
+    @field_validator("default_ttl", "expiry_interval", "session_rule_ttl", mode="before")
     @classmethod
     def _duration(cls, value: object) -> float:
         return parse_duration(value)  # type: ignore[arg-type]
 
-    @field_validator("default_ttl")
+    @field_validator("default_ttl", "session_rule_ttl")
     @classmethod
     def _ttl_bounds(cls, value: float) -> float:
         if not MIN_TTL <= value <= MAX_TTL:

@@ -119,6 +119,8 @@ class ApprovalRow(BaseModel):
     created_at = TimestampField()
     expires_at = TimestampField()
     submitter_uid = IntegerField(null=True)
+    edited_payload = JSONTextField(null=True)
+    accepts_edits = BooleanField(default=False)
 
     class Meta:
         table_name = "approval"
@@ -252,6 +254,56 @@ class CheckpointRow(BaseModel):
         table_name = "checkpoint"
 
 
+class RuleRow(BaseModel):
+    id = AutoField()
+    agent = TextField()
+    kind = TextField()
+    match = TextField()
+    run_id = CharField(max_length=200, null=True)  # a session rule's run (no foreign key:
+    created_by = TextField()                        # a rule outlives nothing it refers to)
+    created_at = TimestampField()
+    expires_at = TimestampField(null=True)
+    revoked_at = TimestampField(null=True)
+    revoked_by = TextField(null=True)
+    uses = BigIntegerField(default=0)
+    last_used_at = TimestampField(null=True)
+    chat_id = BigIntegerField(null=True)
+    origin = TextField(null=True)
+    source_approval_id = CharField(max_length=40, null=True)
+
+    class Meta:
+        table_name = "approval_rule"
+
+
+class RuleUseRow(BaseModel):
+    id = AutoField()
+    rule_id = IntegerField()  # unique with window_start (the migrations' index)
+    window_start = TimestampField()
+    chat_id = BigIntegerField(null=True)
+    uses = BigIntegerField(default=0)
+    shown_uses = BigIntegerField(default=0)
+    message_id = BigIntegerField(null=True)
+    owed = BooleanField(default=True)
+    updated_at = TimestampField()
+
+    class Meta:
+        table_name = "rule_use"
+
+
+class ReplyPromptRow(BaseModel):
+    id = AutoField()
+    chat_id = BigIntegerField()  # unique with message_id (the migrations' index)
+    message_id = BigIntegerField()
+    approval_id = CharField(max_length=40)
+    action = CharField(max_length=16)
+    user_id = BigIntegerField()
+    created_at = TimestampField()
+    answered_at = TimestampField(null=True)
+
+    class Meta:
+        table_name = "reply_prompt"
+
+
 ALL_MODELS = [
     RunRow,
     ToolCallRow,
@@ -264,4 +316,7 @@ ALL_MODELS = [
     PolicyRow,
     CheckpointRow,
     BudgetAlertRow,
+    RuleRow,
+    RuleUseRow,
+    ReplyPromptRow,
 ]

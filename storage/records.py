@@ -71,6 +71,7 @@ class NewApproval(Record):
     idempotency_key: str | None = None
     chat_ids: list[int] = Field(default_factory=list)
     submitter_uid: int | None = None
+    accepts_edits: bool = False
 
 
 class Approval(Record):
@@ -91,6 +92,11 @@ class Approval(Record):
     expires_at: datetime
     submitter_uid: int | None = Field(
         None, description="peer uid that submitted it over the socket (null: the bot itself)")
+    accepts_edits: bool = Field(
+        False, description="the submitter can run an edited request (else Edit is refused)")
+    edited_payload: Any = Field(
+        None, description="the payload as the approver edited it (null unless approved "
+                          "with an edit): run this instead of the original")
 
     @property
     def callback_prefix(self) -> str:
@@ -99,6 +105,71 @@ class Approval(Record):
     @property
     def is_final(self) -> bool:
         return self.status != "pending"
+
+
+class NewRule(Record):
+    """What :meth:`Store.create_rule` needs: approve requests of ``agent`` and ``kind``
+    whose summary ``match`` globs, in ``run_id`` only if set, until ``expires_at``."""
+
+    agent: str
+    kind: str
+    match: str
+    run_id: str | None = None
+    created_by: str
+    expires_at: datetime | None = None
+    chat_id: int | None = None
+    origin: str | None = None
+    source_approval_id: str | None = None
+
+
+class Rule(Record):
+    """A standing decision: matching new requests are approved as they are submitted."""
+
+    id: int
+    agent: str
+    kind: str
+    match: str = Field(description="glob on the summary; * is the only wildcard")
+    run_id: str | None = Field(None, description="a session rule's run (null: any run)")
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+    uses: int = 0
+    last_used_at: datetime | None = None
+    chat_id: int | None = Field(None, description="the chat it was made in (null: CLI/API)")
+    origin: str | None = Field(None, description="the summary it was made from")
+    source_approval_id: str | None = None
+
+    def is_live(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class RuleUse(Record):
+    """A rule's uses in one hour, as the digest line in ``chat_id`` shows them."""
+
+    rule_id: int
+    window_start: datetime
+    chat_id: int | None = None
+    uses: int
+    shown_uses: int
+    message_id: int | None = None
+    agent: str
+    kind: str
+    match: str
+
+
+class ReplyPrompt(Record):
+    """A ForceReply message the bot sent asking for a reason or an edit."""
+
+    id: int
+    chat_id: int
+    message_id: int
+    approval_id: str
+    action: Literal["reason", "edit"]
+    user_id: int
+    created_at: datetime
+    answered_at: datetime | None = None
 
 
 class MessageRef(Record):

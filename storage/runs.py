@@ -204,6 +204,7 @@ class RunStore(StoreBase):
         is not running.
         """
         from storage.approvals import approval_record, mark_copies_owed
+        from storage.rules import retire_rules_of
 
         now = now or self.clock()
         pending = (ApprovalRow.run == run_id) & (ApprovalRow.status == "pending")
@@ -225,7 +226,23 @@ class RunStore(StoreBase):
             )
             mark_copies_owed([r.id for r in changed])
             self.announce_final([r.id for r in changed])
+            retire_rules_of(run_id, f"run {run_id} cancelled", now)
         return run, [approval_record(r) for r in changed]
+
+    @unit_of_work
+    def complete_run(self, run_id: str, now: datetime | None = None) -> Run:
+        """Mark a running (or halted) run completed: its session rules end with it.
+        :class:`RunNotRunning` if it already completed."""
+        from storage.rules import retire_rules_of
+
+        now = now or self.clock()
+        with self.write():
+            row = self._locked_run(run_id)
+            if row.status == "completed":
+                raise RunNotRunning(f"run {run_id} is already completed")
+            RunRow.update(status="completed", updated_at=now).where(RunRow.id == run_id).execute()
+            retire_rules_of(run_id, f"run {run_id} completed", now)
+            return run_record(RunRow.get_by_id(run_id))
 
     @unit_of_work
     def resume_run(self, run_id: str, budgets: Budgets, now: datetime | None = None) -> Run:

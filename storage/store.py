@@ -1,7 +1,7 @@
 """The Store: every durable operation Tapgate has, behind one class.
 
 Backends differ only in :mod:`storage.db`; the operations are grouped by
-concern in :mod:`storage.approvals`, :mod:`storage.runs`,
+concern in :mod:`storage.approvals`, :mod:`storage.rules`, :mod:`storage.runs`,
 :mod:`storage.checkpoints`, :mod:`storage.ledger`, :mod:`storage.facts` and
 :mod:`storage.export`. See :class:`StoreBase` for
 how asyncio callers use it (``await store.run(store.method, ...)``).
@@ -17,15 +17,17 @@ from storage.alerts import AlertStore
 from storage.approvals import ApprovalStore
 from storage.checkpoints import CheckpointStore
 from storage.clock import utcnow
+from storage.copies import CopyStore
 from storage.db import open_database
 from storage.export import ExportStore
 from storage.facts import FactStore
 from storage.ledger import LedgerStore
+from storage.rules import RuleStore
 from storage.spend import SpendStore
 
 
-class Store(ApprovalStore, LedgerStore, SpendStore, AlertStore, CheckpointStore, FactStore,
-            ExportStore):
+class Store(ApprovalStore, CopyStore, RuleStore, LedgerStore, SpendStore, AlertStore,
+            CheckpointStore, FactStore, ExportStore):
     """Approvals, runs, steps, ledger, tool calls, checkpoints, facts and policies.
 
     Every method is one transaction and safe to call from many threads at

@@ -107,17 +107,17 @@ def test_migrate_empty_database(fresh_url, open_store):
     store = open_store(fresh_url)
     status = store.migration_status()
     assert [(s.index, s.name, s.known, s.applied) for s in status] == [
-        (1, "0001_initial", True, None), (2, "0002_trust", True, None)]
+        (1, "0001_initial", True, None), (2, "0002_trust", True, None), (3, "0003_decisions", True, None)]
     store.check_schema()  # an empty database is not too new
     assert current_version(store.db) == 0
 
-    assert store.migrate() == ["0001_initial", "0002_trust"]
+    assert store.migrate() == ["0001_initial", "0002_trust", "0003_decisions"]
     assert store.migrate() == []
     status = store.migration_status()
     assert [(s.index, s.name, s.known) for s in status] == [(1, "0001_initial", True),
-                                                            (2, "0002_trust", True)]
+                                                            (2, "0002_trust", True), (3, "0003_decisions", True)]
     assert all(s.applied is not None for s in status)
-    assert current_version(store.db) == 2
+    assert current_version(store.db) == 3
     store.check_schema()
     assert {m._meta.table_name for m in ALL_MODELS} | {"schema_migration"} == tables(fresh_url)
 
@@ -140,20 +140,20 @@ def test_a_newer_schema_is_refused_and_left_alone(fresh_url, open_store):
     store = open_store(fresh_url)
     with pytest.raises(SchemaTooNew) as info:
         store.migrate()
-    assert "on-disk v9999 > binary v2" in str(info.value)
+    assert "on-disk v9999 > binary v3" in str(info.value)
     assert "9999_future" in str(info.value)
     assert (info.value.on_disk, info.value.binary, info.value.unknown) == (
-        9999, 2, ["9999_future"])
+        9999, 3, ["9999_future"])
     assert snapshot(fresh_url) == before
 
     with pytest.raises(SchemaTooNew) as info:
         store.check_schema()
-    assert "on-disk v9999 > binary v2" in str(info.value)
+    assert "on-disk v9999 > binary v3" in str(info.value)
     assert snapshot(fresh_url) == before
 
     status = store.migration_status()
     assert [(s.name, s.known, s.applied is not None) for s in status] == [
-        ("0001_initial", True, True), ("0002_trust", True, True), ("9999_future", False, True)]
+        ("0001_initial", True, True), ("0002_trust", True, True), ("0003_decisions", True, True), ("9999_future", False, True)]
     assert snapshot(fresh_url) == before
 
 
@@ -170,7 +170,7 @@ def test_a_newer_schema_is_refused_before_anything_is_created(fresh_url, open_st
     add_future_migration(fresh_url)
     before = snapshot(fresh_url)
     store = open_store(fresh_url)
-    with pytest.raises(SchemaTooNew, match=r"on-disk v9999 > binary v2"):
+    with pytest.raises(SchemaTooNew, match=r"on-disk v9999 > binary v3"):
         store.migrate()
     assert tables(fresh_url) == {"schema_migration"}
     assert snapshot(fresh_url) == before
@@ -199,9 +199,9 @@ def test_concurrent_migrations_apply_once(fresh_url):
         t.join(60)
         assert not t.is_alive()
     assert errors == []
-    assert sorted(results) == [[], [], [], ["0001_initial", "0002_trust"]]
+    assert sorted(results) == [[], [], [], ["0001_initial", "0002_trust", "0003_decisions"]]
     history = snapshot(fresh_url)[1]
-    assert [row[1] for row in history] == ["0001_initial", "0002_trust"]
+    assert [row[1] for row in history] == ["0001_initial", "0002_trust", "0003_decisions"]
 
 
 @pytest.mark.parametrize("url", [

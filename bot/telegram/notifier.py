@@ -29,7 +29,7 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, Tele
 
 from bot.telegram import render
 from bot.telegram.fit import clip, one_line
-from storage.approvals import UnpostedOutcome
+from storage.copies import UnpostedOutcome
 from storage.errors import StorageError
 from storage.records import Approval, MessageRef
 from storage.store import Store
