@@ -36,11 +36,16 @@ class ApprovalManager:
     """Submit and decide approval requests; wake the agents that wait on them."""
 
     def __init__(self, store: Store, chat_ids: list[int], default_ttl: float = 86400.0,
-                 poll_interval: float = 1.0):
+                 poll_interval: float = 1.0, required_approvals: int = 1,
+                 escalate_after: float | None = None,
+                 escalation_chat_ids: list[int] | None = None):
         self.store = store
         self.chat_ids = list(chat_ids)
         self.default_ttl = default_ttl
         self.poll_interval = poll_interval
+        self.required_approvals = required_approvals  # unless a request says otherwise
+        self.escalate_after = escalate_after or None  # None: requests never escalate
+        self.escalation_chat_ids = list(escalation_chat_ids or [])
         self._waiters: dict[str, set[asyncio.Future]] = defaultdict(set)
         self._listeners: list[Listener] = []
 
@@ -53,19 +58,26 @@ class ApprovalManager:
     async def submit(self, *, agent: str, kind: str, summary: str, payload: Any = None,
                      ttl_seconds: float | None = None, run_id: str | None = None,
                      tool_call_id: str | None = None, idempotency_key: str | None = None,
-                     submitter_uid: int | None = None, accepts_edits: bool = False
-                     ) -> tuple[Approval, bool]:
+                     submitter_uid: int | None = None, accepts_edits: bool = False,
+                     required_approvals: int | None = None, requested_by: int | None = None,
+                     escalate_after: float | None = None) -> tuple[Approval, bool]:
         """Persist a request (and its owed Telegram messages), then announce it.
 
         Returns ``(approval, created)``; ``created`` is False for a repeated
         idempotency key (nothing is posted twice). A request a live rule covers
         comes back already ``approved`` (by ``rule:<id> (...)``), with no message.
+        ``required_approvals`` distinct approvers must approve (``requested_by``'s
+        approval never counts); still pending after ``escalate_after`` seconds, the
+        request is posted to the escalation chats too (:meth:`escalate_due`).
         """
         new = NewApproval(agent=agent, kind=kind, summary=summary, payload=payload,
                           ttl_seconds=ttl_seconds or self.default_ttl, run_id=run_id,
                           tool_call_id=tool_call_id, idempotency_key=idempotency_key,
                           chat_ids=self.chat_ids, submitter_uid=submitter_uid,
-                          accepts_edits=accepts_edits)
+                          accepts_edits=accepts_edits,
+                          required_approvals=required_approvals or self.required_approvals,
+                          requested_by=requested_by,
+                          escalate_after=escalate_after or self.escalate_after)
         approval, created = await self.store.run(self.store.create_approval, new)
         if created:
             self._publish(approval, created=True)
@@ -119,6 +131,15 @@ class ApprovalManager:
         for approval in expired:
             self._publish(approval)
         return expired
+
+    async def escalate_due(self, chat_ids: list[int], now: datetime | None = None
+                           ) -> list[Approval]:
+        """Post every request pending past its escalation delay to ``chat_ids`` too
+        (once, whichever instance sweeps first) and announce each."""
+        escalated = await self.store.run(self.store.escalate_due, chat_ids, now)
+        for approval in escalated:
+            self._publish(approval)
+        return escalated
 
     def announce(self, approvals: list[Approval]) -> None:
         """Announce transitions committed elsewhere (e.g. a run cancel withdrew these)."""

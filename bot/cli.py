@@ -137,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="default: stdout")
     p.set_defaults(func=cmd_audit_export)
 
+    from bot.cluster_cli import add_commands as add_cluster
+
+    add_cluster(sub)  # status
+
+    from bot.cli_rules import add_commands as add_rules
+
+    add_rules(sub)  # rules list|add|revoke
+
     from bot.integrations.cli import add_commands
 
     add_commands(sub)

@@ -51,6 +51,7 @@ from storage.records import (
     LedgerEntry,
     LedgerTotals,
     Policy,
+    Rule,
     Run,
     Step,
     ToolCall,
@@ -101,10 +102,15 @@ class TapgateClient(_Base):
 
     def request_approval(self, agent: str, kind: str, summary: str, payload: Any = None,
                          ttl_seconds: float | None = None, run_id: str | None = None,
-                         idempotency_key: str | None = None) -> Approval:
-        """Submit a request; the same ``idempotency_key`` again returns the same one."""
+                         idempotency_key: str | None = None, *,
+                         accepts_edits: bool = False) -> Approval:
+        """Submit a request; the same ``idempotency_key`` again returns the same one.
+
+        ``accepts_edits``: the caller will run ``approval.edited_payload`` when an approver
+        approves an edited request (else the approver's Edit is refused). The request may
+        come back approved at once (status ``approved``) when a rule matches it."""
         return self._send(_Routes.request_approval(agent, kind, summary, payload, ttl_seconds,
-                                                   run_id, idempotency_key))
+                                                   run_id, idempotency_key, accepts_edits))
 
     def get_approval(self, approval_id: str, wait: float | None = None) -> Approval:
         """The request; with ``wait`` (0..300 s) held until it is final or the wait ends."""
@@ -149,6 +155,10 @@ class TapgateClient(_Base):
 
     def cancel_run(self, run_id: str) -> Run:
         return self._send(_Routes.cancel_run(run_id))
+
+    def complete_run(self, run_id: str) -> Run:
+        """Mark the run completed; its session rules end with it."""
+        return self._send(_Routes.complete_run(run_id))
 
     def put_step(self, run_id: str, index: int, **fields: Any) -> Step:
         return self._send(_Routes.put_step(run_id, index, fields))
@@ -204,6 +214,19 @@ class TapgateClient(_Base):
     def list_policies(self) -> list[Policy]:
         return self._send(_Routes.list_policies())
 
+    def list_rules(self, all: bool = False) -> list[Rule]:
+        """Live rules (admin uids only); ``all``: revoked and expired ones too."""
+        return self._send(_Routes.list_rules(all))
+
+    def add_rule(self, agent: str, kind: str, match: str, run_id: str | None = None,
+                 ttl_seconds: float | None = None) -> Rule:
+        """Approve ``agent``'s ``kind`` requests whose summary globs ``match`` (``*`` is
+        the only wildcard), in ``run_id`` only if given, for ``ttl_seconds`` if given."""
+        return self._send(_Routes.add_rule(agent, kind, match, run_id, ttl_seconds))
+
+    def revoke_rule(self, rule_id: int) -> Rule:
+        return self._send(_Routes.revoke_rule(rule_id))
+
     def health(self) -> Health:
         return self._send(_Routes.health())
 
@@ -241,9 +264,11 @@ class AsyncTapgateClient(_Base):
 
     async def request_approval(self, agent: str, kind: str, summary: str, payload: Any = None,
                                ttl_seconds: float | None = None, run_id: str | None = None,
-                               idempotency_key: str | None = None) -> Approval:
+                               idempotency_key: str | None = None, *,
+                               accepts_edits: bool = False) -> Approval:
         return await self._send(_Routes.request_approval(agent, kind, summary, payload,
-                                                         ttl_seconds, run_id, idempotency_key))
+                                                         ttl_seconds, run_id, idempotency_key,
+                                                         accepts_edits))
 
     async def get_approval(self, approval_id: str, wait: float | None = None) -> Approval:
         return await self._send(_Routes.get_approval(approval_id, wait))
@@ -280,6 +305,9 @@ class AsyncTapgateClient(_Base):
 
     async def cancel_run(self, run_id: str) -> Run:
         return await self._send(_Routes.cancel_run(run_id))
+
+    async def complete_run(self, run_id: str) -> Run:
+        return await self._send(_Routes.complete_run(run_id))
 
     async def put_step(self, run_id: str, index: int, **fields: Any) -> Step:
         return await self._send(_Routes.put_step(run_id, index, fields))
@@ -336,6 +364,16 @@ class AsyncTapgateClient(_Base):
 
     async def list_policies(self) -> list[Policy]:
         return await self._send(_Routes.list_policies())
+
+    async def list_rules(self, all: bool = False) -> list[Rule]:
+        return await self._send(_Routes.list_rules(all))
+
+    async def add_rule(self, agent: str, kind: str, match: str, run_id: str | None = None,
+                       ttl_seconds: float | None = None) -> Rule:
+        return await self._send(_Routes.add_rule(agent, kind, match, run_id, ttl_seconds))
+
+    async def revoke_rule(self, rule_id: int) -> Rule:
+        return await self._send(_Routes.revoke_rule(rule_id))
 
     async def health(self) -> Health:
         return await self._send(_Routes.health())

@@ -27,6 +27,7 @@ from storage.records import (
     LedgerEntry,
     LedgerTotals,
     Policy,
+    Rule,
     Run,
     Step,
     ToolCall,
@@ -140,6 +141,7 @@ FACT, FACTS = _one(Fact), _items(Fact)
 POLICY, POLICIES = _one(Policy), _items(Policy)
 STEP, STEPS = _one(Step), _items(Step)
 TOOL_CALL, TOOL_CALLS = _one(ToolCallResult), _items(ToolCall)
+RULE, RULES = _one(Rule), _items(Rule)
 
 
 class _Routes:
@@ -147,9 +149,11 @@ class _Routes:
 
     @staticmethod
     def request_approval(agent, kind, summary, payload, ttl_seconds, run_id,
-                         idempotency_key) -> _Call:
+                         idempotency_key, accepts_edits=False) -> _Call:
         body = {"agent": agent, "kind": kind, "summary": summary, "payload": payload,
                 **_given(ttl_seconds=ttl_seconds, run_id=run_id, idempotency_key=idempotency_key)}
+        if accepts_edits:  # sent only when set: a bot without edits refuses the field
+            body["accepts_edits"] = True
         return _Call("POST", _path("approvals"), APPROVAL, body=body)
 
     @staticmethod
@@ -251,6 +255,24 @@ class _Routes:
     @staticmethod
     def list_policies() -> _Call:
         return _Call("GET", _path("policies"), POLICIES)
+
+    @staticmethod
+    def complete_run(run_id) -> _Call:
+        return _Call("POST", _path("runs", run_id, "complete"), RUN)
+
+    @staticmethod
+    def list_rules(all_) -> _Call:
+        return _Call("GET", _path("rules"), RULES, {"all": "true" if all_ else None})
+
+    @staticmethod
+    def add_rule(agent, kind, match, run_id, ttl_seconds) -> _Call:
+        body = {"agent": agent, "kind": kind, "match": match,
+                **_given(run_id=run_id, ttl_seconds=ttl_seconds)}
+        return _Call("POST", _path("rules"), RULE, body=body)
+
+    @staticmethod
+    def revoke_rule(rule_id) -> _Call:
+        return _Call("POST", _path("rules", rule_id, "revoke"), RULE)
 
     @staticmethod
     def health() -> _Call:

@@ -11,8 +11,10 @@ person can fix it without reading a traceback (``tapgate run`` exits 2).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -46,6 +48,39 @@ def _int_list(value: object) -> list[int]:
 
 IntList = Annotated[list[int], NoDecode]
 
+# Webhook mode. Telegram sends the secret back in X-Telegram-Bot-Api-Secret-Token and
+# allows 1-256 characters of A-Z a-z 0-9 _ -; Tapgate asks for at least 16, since the
+# header is all that tells a forged tap from Telegram's (and the log filter of
+# bot/redact.py masks nothing shorter than 6 characters).
+DEFAULT_WEBHOOK_LISTEN = "127.0.0.1:8081"
+WEBHOOK_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{16,256}")
+WEBHOOK_SECRET_RULE = "must be 16-256 characters of A-Z, a-z, 0-9, _ and -"
+WEBHOOK_PORTS = (443, 80, 88, 8443)  # the only ports Telegram delivers webhooks to
+
+
+def check_webhook_url(url: str) -> str:
+    """``url`` if Telegram can deliver to it: https, a host, one of Telegram's ports."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValueError("must be an https:// URL (Telegram delivers webhooks over HTTPS only)")
+    try:
+        port = parts.port or 443
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if port not in WEBHOOK_PORTS:
+        raise ValueError("port must be 443, 80, 88 or 8443 (the ports Telegram delivers to)")
+    return url
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[ipv6]:port`` as (host, port); port 0 picks a free port."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:8081")
+    return host, int(port)
+
 
 class Settings(BaseSettings):
     """Every setting of DESIGN.md's table."""
@@ -66,14 +101,30 @@ class Settings(BaseSettings):
     default_ttl: float = 24 * 3600.0
     expiry_interval: float = 30.0
     session_rule_ttl: float = 8 * 3600.0  # a "This session" rule ends with its run or this
+    default_required_approvals: int = Field(1, ge=1, le=10)
+    escalation_chat_ids: IntList = Field(default_factory=list)
+    escalate_after: float = 0.0  # 0: never; else a pending request escalates after this
     default_budget_tokens: int = Field(0, ge=0)
     default_budget_dollars: float = Field(0.0, ge=0)
     default_budget_loops: int = Field(0, ge=0)
     default_budget_seconds: int = Field(0, ge=0)
     log_level: str = "INFO"
+    # Several instances on PostgreSQL (bot/cluster.py): a dead or frozen leader is
+    # replaced within this many seconds.
+    failover_seconds: float = 5.0
+    # Webhook mode (bot/telegram/webhook.py): an empty URL means long polling.
+    telegram_webhook_url: str = ""
+    webhook_listen: str = DEFAULT_WEBHOOK_LISTEN
+    webhook_secret: SecretStr | None = None
+
+    @property
+    def request_chat_ids(self) -> list[int]:
+        """Every chat requests are posted to: the approver chats, then the escalation chats."""
+        return list(dict.fromkeys([*self.approver_chat_ids, *self.escalation_chat_ids]))
 
     _lists = field_validator("approver_chat_ids", "approver_user_ids", "socket_allowed_uids",
-                             "socket_admin_uids", mode="before")(_int_list)
+                             "socket_admin_uids", "escalation_chat_ids",
+                             mode="before")(_int_list)
 
     @field_validator("database_url", "socket_path", mode="before")
     @classmethod
@@ -91,7 +142,8 @@ class Settings(BaseSettings):
             return None
         return uid_of(value) if isinstance(value, str) else value
 
-    @field_validator("default_ttl", "expiry_interval", "session_rule_ttl", mode="before")
+    @field_validator("default_ttl", "expiry_interval", "session_rule_ttl", "escalate_after",
+                     mode="before")
     @classmethod
     def _duration(cls, value: object) -> float:
         return parse_duration(value)  # type: ignore[arg-type]
@@ -102,6 +154,14 @@ class Settings(BaseSettings):
         if not MIN_TTL <= value <= MAX_TTL:
             raise ValueError("must be between 1s and 30d")
         return value
+
+    @field_validator("failover_seconds", mode="before")
+    @classmethod
+    def _failover(cls, value: object) -> float:
+        seconds = parse_duration(value)  # type: ignore[arg-type]
+        if not 2 <= seconds <= 600:
+            raise ValueError("must be between 2s and 10m")
+        return seconds
 
     @field_validator("expiry_interval")
     @classmethod
@@ -124,6 +184,43 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("telegram_webhook_url", mode="before")
+    @classmethod
+    def _webhook_url(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return ""
+        return check_webhook_url(str(value).strip())
+
+    @field_validator("webhook_listen", mode="before")
+    @classmethod
+    def _webhook_listen(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return DEFAULT_WEBHOOK_LISTEN
+        host, port = parse_listen(str(value).strip())
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _webhook_secret(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        # The message never quotes the value: it is a secret.
+        if not isinstance(value, str) or not WEBHOOK_SECRET_RE.fullmatch(value):
+            raise ValueError(WEBHOOK_SECRET_RULE)
+        return value
+
+    @property
+    def webhook_mode(self) -> bool:
+        """True when updates arrive by webhook (``TAPGATE_TELEGRAM_WEBHOOK_URL`` is set)."""
+        return bool(self.telegram_webhook_url)
+
+    @property
+    def webhook_address(self) -> tuple[str, int]:
+        """``TAPGATE_WEBHOOK_LISTEN`` as (host, port)."""
+        return parse_listen(self.webhook_listen)
 
     @property
     def admin_uids(self) -> list[int]:
@@ -153,6 +250,10 @@ class Settings(BaseSettings):
             raise ConfigError(f"{PREFIX}APPROVER_CHAT_IDS: missing (comma-separated chat ids)")
         if not self.approver_user_ids:
             raise ConfigError(f"{PREFIX}APPROVER_USER_IDS: missing (comma-separated user ids)")
+        if self.webhook_mode and self.webhook_secret is None:
+            raise ConfigError(f"{PREFIX}WEBHOOK_SECRET: missing (required with {PREFIX}"
+                              f"TELEGRAM_WEBHOOK_URL; {WEBHOOK_SECRET_RULE}, e.g. from "
+                              "`openssl rand -hex 32`)")
 
 
 def settings_file(env_file: str | Path | None = None) -> Path | None:

@@ -107,10 +107,23 @@ async def _telegram_checks(settings: Settings, report: Report) -> None:
             except Exception as exc:  # an answer PTB cannot read: still one line
                 ok, text = False, f"chat {chat_id}: {type(exc).__name__}: {exc}"
             report(ok, text)
+        await _webhook_check(bot, settings, report)
     finally:
         await bot.shutdown()
     ok, text = await check_clock(settings.telegram_api_url)
     report(ok, text)
+
+
+async def _webhook_check(bot: Bot, settings: Settings, report: Report) -> None:
+    """Webhook mode, or a webhook left set while polling (bot/telegram/webhook.py)."""
+    from bot.telegram import webhook
+
+    try:
+        found = await webhook.check(bot, settings)
+    except TelegramError as exc:
+        found = False, f"getWebhookInfo refused: {exc.message}"
+    if found is not None:
+        report(*found)
 
 
 async def check_chat(bot: Bot, chat_id: int) -> tuple[bool, str]:
@@ -233,6 +246,15 @@ def _check_database(settings: Settings, origin: str, report: Report) -> None:
                       "`tapgate migrate` (`tapgate run` migrates too)")
     else:
         report(True, f"{label}: reachable and migrated")
+    if db_file is not None:
+        from bot.sqlite_lock import holder
+
+        pid = holder(db_file)
+        if pid is not None:  # SQLite is single-instance (bot.cluster.SqliteLock)
+            who = f"pid {pid}" if pid > 0 else "another process"
+            report(True, f"{label}: served by tapgate run ({who}); SQLite is single-instance, "
+                         "a second `tapgate run` on it refuses to start (use PostgreSQL "
+                         "for several)")
 
 
 # --- socket ------------------------------------------------------------------------------------

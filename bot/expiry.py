@@ -27,9 +27,15 @@ def schedule_expiry(app: Application, manager: ApprovalManager, interval: float)
 
 
 async def sweep(manager: ApprovalManager) -> int:
-    """Expire what is due now; return how many. Errors are logged, never raised."""
+    """Expire what is due now, and escalate what waited long enough; return how many
+    expired. Errors are logged, never raised."""
     try:
         expired = await manager.expire_due()
+        if manager.escalation_chat_ids:
+            escalated = await manager.escalate_due(manager.escalation_chat_ids)
+            if escalated:
+                log.info("escalated %d request(s): %s", len(escalated),
+                         ", ".join(a.id for a in escalated))
     except Exception:
         log.exception("expiry sweep failed; it will run again")
         return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Iterable
 
 import psycopg
 
@@ -34,12 +35,28 @@ class DecisionListener:
     second of the server accepting connections, not after a long backoff.
     """
 
-    def __init__(self, url: str, manager: ApprovalManager, retry_max: float = 1.0):
+    def __init__(self, url: str, manager: ApprovalManager, retry_max: float = 1.0,
+                 channels: Iterable[str] = ()):
         self.url = url
         self.manager = manager
         self.retry_max = retry_max
+        # Decisions' channel last: it is the session's last query (tests look for it).
+        self.channels = [*(c for c in channels if c != NOTIFY_CHANNEL), NOTIFY_CHANNEL]
+        # ``subscriber(channel, payload)`` after every notification, and with payload
+        # None after every (re)connect: something may have been missed (bot.leader).
+        self._subscribers: list[Callable[[str, str | None], None]] = []
         self._task: asyncio.Task | None = None
         self.listening = asyncio.Event()
+
+    def subscribe(self, subscriber: Callable[[str, str | None], None]) -> None:
+        self._subscribers.append(subscriber)
+
+    def _tell(self, channel: str, payload: str | None) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber(channel, payload)
+            except Exception:
+                log.exception("notification subscriber failed")
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tapgate-pg-listen")
@@ -58,15 +75,19 @@ class DecisionListener:
             try:
                 async with await psycopg.AsyncConnection.connect(
                         self.url, autocommit=True, connect_timeout=PG_CONNECT_TIMEOUT) as conn:
-                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    for channel in self.channels:
+                        await conn.execute(f"LISTEN {channel}")
                     self.listening.set()
                     delay = 0.1
                     if failing:
                         log.info("PostgreSQL LISTEN is back")
                         failing = False
                     await self._catch_up()
+                    self._tell(NOTIFY_CHANNEL, None)
                     async for notice in conn.notifies():
-                        await self.manager.wake(notice.payload)
+                        if notice.channel == NOTIFY_CHANNEL:
+                            await self.manager.wake(notice.payload)
+                        self._tell(notice.channel, notice.payload)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # server restart, network: the re-read covers the gap

@@ -33,12 +33,19 @@ def validate_new_rule(agent: str, kind: str, match: str) -> None:
             raise InvalidArgument(f"{name} is too long")
 
 
+def _one_approver(approval: Approval) -> None:
+    if approval.required_approvals > 1:
+        raise InvalidArgument(f"this request needs {approval.required_approvals} approvers: a "
+                              "rule, one person's standing decision, cannot stand in for them")
+
+
 def session_rule(approval: Approval, by: str, chat_id: int | None, ttl_seconds: float,
                  now: datetime) -> NewRule:
     """"This session": the same agent and kind, this exact summary, in this run only, until
     the run ends or ``ttl_seconds`` pass."""
     if approval.run_id is None:
         raise InvalidArgument("a session rule needs a request with a run_id")
+    _one_approver(approval)
     validate_new_rule(approval.agent, approval.kind, approval.summary)
     return NewRule(agent=approval.agent, kind=approval.kind, match=approval.summary,
                    run_id=approval.run_id, created_by=by, expires_at=expires_in(now, ttl_seconds),
@@ -48,6 +55,7 @@ def session_rule(approval: Approval, by: str, chat_id: int | None, ttl_seconds: 
 def always_rule(approval: Approval, by: str, chat_id: int | None) -> NewRule:
     """"Always": the same agent and kind, this exact summary, any run, until revoked
     (a shell-like request may then be widened: :func:`widen_options`)."""
+    _one_approver(approval)
     validate_new_rule(approval.agent, approval.kind, approval.summary)
     return NewRule(agent=approval.agent, kind=approval.kind, match=approval.summary,
                    created_by=by, chat_id=chat_id, origin=approval.summary,

@@ -16,22 +16,21 @@ import signal
 import sys
 from collections.abc import Iterable
 
-from telegram.error import InvalidToken, NetworkError, RetryAfter, TelegramError
+from telegram.error import InvalidToken, NetworkError, RetryAfter
 
 from bot import places, redact
 from bot.approvals import ApprovalManager
+from bot.cluster import Leadership, SoleLeadership, cluster_health
 from bot.config import ConfigError, Settings
 from bot.expiry import schedule_expiry, sweep
 from bot.governance import Governance
+from bot.leader import LeaderDuties
 from bot.pgnotify import DecisionListener
-from bot.telegram.app import (
-    ALLOWED_UPDATES,
-    BOT_COMMANDS,
-    POLL_TIMEOUT,
-    build_application,
-    stop_handling,
-)
+from bot.sqlite_lock import SqliteLock
+from bot.telegram import webhook
+from bot.telegram.app import UPDATES_REQUEST, build_application, stop_handling
 from storage.db import is_postgres
+from storage.instances import OWED_CHANNEL
 from storage.records import Budgets
 from storage.store import Store
 
@@ -71,8 +70,11 @@ class Service:
         self.settings = settings
         self.store = store or Store.from_url(settings.database_url)
         self._own_store = store is None
-        self.manager = ApprovalManager(self.store, settings.approver_chat_ids,
-                                       settings.default_ttl)
+        self.manager = ApprovalManager(
+            self.store, settings.approver_chat_ids, settings.default_ttl,
+            required_approvals=settings.default_required_approvals,
+            escalate_after=settings.escalate_after,
+            escalation_chat_ids=settings.escalation_chat_ids)
         self.governance = Governance(self.store, self.manager, Budgets(
             budget_tokens=settings.default_budget_tokens,
             budget_dollars=settings.default_budget_dollars,
@@ -81,8 +83,25 @@ class Service:
         self.app = build_application(settings, self.manager, self.store)
         self.with_socket = with_socket
         self.socket = None
-        self.listener = (DecisionListener(settings.database_url, self.manager)
-                         if is_postgres(self.store.db) else None)
+        self.webhook: webhook.WebhookServer | None = None  # webhook mode: our listener
+        self._init_cluster()
+
+    def _init_cluster(self) -> None:
+        """Who leads (bot/cluster.py) and what the leader does (bot/leader.py). SQLite: this
+        instance, alone (a lock file refuses a second); PostgreSQL: an advisory lock."""
+        url = self.settings.database_url
+        clustered = is_postgres(self.store.db)
+        self.role = (Leadership(url, self.settings.failover_seconds) if clustered
+                     else SoleLeadership())
+        self.duties = LeaderDuties(self.role, self.app, self.notifier, self.governance,
+                                   self.manager, self.store, self.settings)
+        self.app.bot_data[UPDATES_REQUEST].fence = self.duties.fence_updates
+        self.listener = (DecisionListener(url, self.manager, channels=[OWED_CHANNEL])
+                         if clustered else None)
+        if self.listener is not None:
+            self.listener.subscribe(self.duties.on_notice)
+        db_file = places.sqlite_file(url)
+        self._sqlite_lock = SqliteLock(db_file) if db_file is not None else None
 
     @property
     def notifier(self):
@@ -97,37 +116,44 @@ class Service:
         # exist yet; SQLite and bind() need their directories, private to this user.
         places.prepare_dirs(self.settings.socket_path if self.with_socket else None,
                             self.settings.database_url)
+        if self._sqlite_lock is not None:
+            self._sqlite_lock.acquire()  # SQLite is single-instance: refuse a second one
         applied = await self.store.run(self.store.migrate)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         await sweep(self.manager)
-        await self.governance.recover()
         # Agents can submit and wait while Telegram is still unreachable: requests are
         # kept as owed messages and posted once the notifier runs.
         await self._start_extras()
         await self._initialize_telegram()
-        with contextlib.suppress(TelegramError):
-            await self.app.bot.set_my_commands(BOT_COMMANDS)
         schedule_expiry(self.app, self.manager, self.settings.expiry_interval)
         self._schedule_alert_delivery()
         await self.app.start()
-        # Pending updates are kept (taps made while the bot was down still count).
-        await self.app.updater.start_polling(
-            timeout=POLL_TIMEOUT, poll_interval=0.0, allowed_updates=ALLOWED_UPDATES,
-            drop_pending_updates=False, bootstrap_retries=-1)
-        await self.notifier.start()
+        if self.settings.webhook_mode:  # webhook mode: see _start_webhook
+            await self._start_webhook()
         if self.listener is not None:
             await self.listener.start()
+        # The leader polls (or registers the webhook), pays the outbox, delivers alerts and
+        # settles what others decided; this returns once the first election is over.
+        await self.duties.start()
         log.info("Tapgate is serving: %d approver chat(s), database %s",
                  len(self.settings.approver_chat_ids),
                  "postgresql" if is_postgres(self.store.db) else "sqlite")
+
+    # --- webhook mode (bot/telegram/webhook.py) -------------------------------------
+    async def _start_webhook(self) -> None:
+        """Every instance listens for webhook updates and none polls; the leader
+        registers the webhook. Nothing deletes it at shutdown."""
+        self.webhook = await webhook.start(self.app, self.settings, self.store)
+        # The leader registers it (bot/leader.py), again at every change of leader.
+    # --- end of webhook mode ------------------------------------------------------------
 
     def _schedule_alert_delivery(self) -> None:
         """Post owed budget alerts on the expiry job's schedule (a delivery that failed
         after a ledger append committed is retried here)."""
 
         async def job(context) -> None:
-            await self.governance.deliver_alerts()
+            await self.duties.deliver_alerts()  # the leader's
 
         interval = self.settings.expiry_interval
         self.app.job_queue.run_repeating(job, interval=interval, first=interval,
@@ -152,10 +178,11 @@ class Service:
     async def _start_extras(self) -> None:
         """The socket API and governance hooks (absent pieces are skipped)."""
         if self.with_socket:
-            from bot.api.server import SocketServer
+            from bot.api.server import CLUSTER, SocketServer
 
             self.socket = SocketServer(self.settings.socket_path, self.settings.allowed_uids,
                                        self.store, self.manager, **self._socket_kwargs())
+            self.socket.app[CLUSTER] = lambda: cluster_health(self.role, self.store)
             await self.socket.start()
 
     def _socket_kwargs(self) -> dict:
@@ -171,7 +198,10 @@ class Service:
         await self.governance.drain()
         if self.listener is not None:
             await self.listener.stop()
+        await self.duties.stop()  # stops polling and paying, then leaves the lead
         await self.notifier.stop()
+        await webhook.stop(self.webhook)  # webhook mode: stop listening (webhook stays set)
+        self.webhook = None
         if self.app.updater.running:
             await self.app.updater.stop()
         if self.app.running:
@@ -183,6 +213,8 @@ class Service:
         await self.app.bot.shutdown()
         if self._own_store:
             self.store.close()
+        if self._sqlite_lock is not None:
+            self._sqlite_lock.release()
 
 
 async def serve(settings: Settings) -> None:

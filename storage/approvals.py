@@ -25,6 +25,7 @@ from storage.clock import from_text, to_text
 from storage.db import is_postgres
 from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotFound
 from storage.models import ApprovalMessageRow, ApprovalRow
+from storage.quorum import cast_vote, with_votes
 from storage.records import Approval, NewApproval
 from storage.rules import decided_by_rule, take_rule
 
@@ -80,6 +81,9 @@ def approval_record(row: ApprovalRow) -> Approval:
         submitter_uid=row.submitter_uid,
         accepts_edits=bool(row.accepts_edits),
         edited_payload=row.edited_payload,
+        required_approvals=row.required_approvals,
+        requested_by=row.requested_by,
+        escalated_at=row.escalated_at,
     )
 
 
@@ -97,7 +101,7 @@ def mark_copies_owed(approval_ids: list[str]) -> None:
 _INSERT_COLUMNS = ("id", "agent", "kind", "summary", "payload", "status", "run_id",
                    "tool_call_id", "idempotency_key", "fingerprint", "callback_data", "adapter",
                    "created_at", "expires_at", "submitter_uid", "accepts_edits", "decided_by",
-                   "decided_at")
+                   "decided_at", "required_approvals", "requested_by", "escalate_at")
 
 
 class ApprovalStore(StoreBase):
@@ -113,12 +117,15 @@ class ApprovalStore(StoreBase):
         return (f'INSERT INTO "approval_message" ("approval_id", "chat_id", "updated_at", '
                 f'"owed") VALUES ({p}, {p}, {p}, {p})')
 
-    def _transition_sql(self) -> str:
+    def _transition_sql(self, single: bool = False) -> str:
+        """The compare-and-set; ``single``: only a request one approval decides (one that
+        needs several goes through :func:`storage.quorum.cast_vote`)."""
         p = self.db.param
         cas = (f'UPDATE "approval" SET "status" = {p}, "decided_by" = {p}, "decided_at" = {p}, '
                f'"reason" = {p}, "edited_payload" = {p} WHERE "id" = {p} '
                'AND "status" = \'pending\' '
-               f'AND "expires_at" > {p} RETURNING {columns(ApprovalRow)}')
+               + ('AND "required_approvals" <= 1 ' if single else '')
+               + f'AND "expires_at" > {p} RETURNING {columns(ApprovalRow)}')
         if not is_postgres(self.db):
             return cas
         # PostgreSQL owes the copies in the same statement: one round trip per decision.
@@ -155,7 +162,10 @@ class ApprovalStore(StoreBase):
         payload = ApprovalRow.payload.db_value(new.payload)
         try:
             with translated_errors(), self.write():
-                rule = take_rule(self, new.agent, new.kind, new.summary, new.run_id, now)
+                # A rule is one person's standing decision: never enough for a request
+                # that needs several approvers.
+                rule = take_rule(self, new.agent, new.kind, new.summary, new.run_id, now) \
+                    if new.required_approvals <= 1 else None
                 status, decided_by = ("approved", decided_by_rule(rule)) if rule else \
                     ("pending", None)
                 # Hand-written SQL (rendered once): this is the submit hot path.
@@ -165,7 +175,9 @@ class ApprovalStore(StoreBase):
                      new.run_id, new.tool_call_id, new.idempotency_key, fingerprint,
                      f"appr:{approval_id}", "telegram", to_text(now), to_text(expires_at),
                      new.submitter_uid, new.accepts_edits, decided_by,
-                     to_text(now) if rule else None))
+                     to_text(now) if rule else None, new.required_approvals,
+                     new.requested_by, None if rule or new.escalate_after is None else
+                     to_text(now + timedelta(seconds=new.escalate_after))))
                 if rule is not None:
                     self.announce_final([approval_id])
                 elif new.chat_ids:
@@ -180,7 +192,8 @@ class ApprovalStore(StoreBase):
                 decided_by=decided_by, decided_at=now if rule else None,
                 run_id=new.run_id, tool_call_id=new.tool_call_id, created_at=now,
                 expires_at=expires_at, submitter_uid=new.submitter_uid,
-                accepts_edits=new.accepts_edits)
+                accepts_edits=new.accepts_edits, required_approvals=new.required_approvals,
+                requested_by=new.requested_by)
         except Conflict:
             if new.idempotency_key is None:
                 raise
@@ -201,7 +214,7 @@ class ApprovalStore(StoreBase):
                                   (approval_id,)).fetchone()
         if row is None:
             raise NotFound(f"approval {approval_id} not found")
-        return approval_record(_decode_approval(row))
+        return with_votes(self, approval_record(_decode_approval(row)))
 
     def get_approval_by_callback(self, data: str) -> tuple[Approval, str]:
         """The approval a button's data names, and the status the button asks for."""
@@ -253,11 +266,13 @@ class ApprovalStore(StoreBase):
                     reason: str | None, now: datetime | None,
                     edited_payload: Any = None) -> Approval:
         now = now or self.clock()
+        approving = status == "approved"
         with self.write():
             # The compare-and-set, as SQL rendered once: a tap's decision is latency-bound
             # and peewee takes longer to build this statement than SQLite to run it.
             won = self.db.execute_sql(
-                self.statement("approval.transition", self._transition_sql),
+                self.statement("approval.approve" if approving else "approval.transition",
+                               lambda: self._transition_sql(single=approving)),
                 (status, decided_by, to_text(now), reason,
                  None if edited_payload is None else
                  ApprovalRow.edited_payload.db_value(edited_payload),
@@ -271,6 +286,10 @@ class ApprovalStore(StoreBase):
                                                        self._owe_copies_sql), (approval_id,))
                 self.announce_final([approval_id])
                 return approval_record(_decode_approval(won))
+            if approving:  # a pending request that needs several approvers: a vote
+                voted = cast_vote(self, approval_id, decided_by, edited_payload, now)
+                if voted is not None:
+                    return voted
             # Lost: it is unknown, final, or due. A due request is expired here and
             # now, so every transition sees the same final state.
             expired = list(

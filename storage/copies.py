@@ -16,7 +16,8 @@ from storage.base import StoreBase, decoder, unit_of_work
 from storage.clock import to_text
 from storage.db import is_postgres
 from storage.models import ApprovalMessageRow, ApprovalRow
-from storage.records import Approval, MessageRef
+from storage.quorum import votes, with_votes
+from storage.records import Approval, MessageRef, display_key
 
 
 def _message_record(row: ApprovalMessageRow) -> MessageRef:
@@ -67,14 +68,21 @@ class CopyStore(StoreBase):
         return _message_record(row) if row else None
 
     def _copy_status(self, ref_id: int) -> str | None:
-        """Inside a write: the status of the copy's approval as committed now. On PostgreSQL
-        FOR SHARE waits for a transition in flight and holds the approval until we commit
-        (a transition then marks the copy owed after us); SQLite's writers are serial."""
+        """Inside a write: what the copy's approval should display as committed now
+        (:attr:`storage.records.Approval.shown_as`). On PostgreSQL FOR SHARE waits for a
+        transition or vote in flight and holds the approval until we commit (it then marks
+        the copy owed after us); SQLite's writers are serial."""
         row = self.db.execute_sql(self.statement("approval_message.status", lambda: (
-            'SELECT a."status" FROM "approval_message" AS m JOIN "approval" AS a ON a."id" = '
+            'SELECT a."status", a."required_approvals", a."escalated_at", a."id" '
+            'FROM "approval_message" AS m JOIN "approval" AS a ON a."id" = '
             f'm."approval_id" WHERE m."id" = {self.db.param}'
             + (" FOR SHARE OF a" if is_postgres(self.db) else ""))), (ref_id,)).fetchone()
-        return row[0] if row else None
+        if row is None:
+            return None
+        status, required, escalated_at, approval_id = row
+        counted = len(votes(self, approval_id)) if status == "pending" and required > 1 \
+            else None
+        return display_key(status, counted, escalated_at is not None)
 
     def _owed_sql(self, by_chat: bool) -> str:
         p = self.db.param
@@ -131,8 +139,8 @@ class CopyStore(StoreBase):
         owed = []
         for row in self.db.execute_sql(sql, params).fetchall():
             message = _decode_message(row[:_MESSAGE_WIDTH])
-            owed.append((_message_record(message),
-                         approval_record(_decode_approval(row[_MESSAGE_WIDTH:]))))
+            approval = approval_record(_decode_approval(row[_MESSAGE_WIDTH:]))
+            owed.append((_message_record(message), with_votes(self, approval)))
         return owed
 
     @unit_of_work

@@ -43,6 +43,15 @@ class AlreadyFinal(Conflict):
         super().__init__(f"approval {approval.id} is already {approval.status}")
 
 
+class AlreadyVoted(Conflict):
+    """This approver's approval of a request needing several was already counted;
+    ``approval`` is the request as it stands."""
+
+    def __init__(self, approval: Any, voter: str):
+        self.approval = approval
+        super().__init__(f"{voter} already approved {approval.id}; it needs another approver")
+
+
 class RunNotRunning(Conflict):
     """The run is not in a state that allows this change."""
 
@@ -62,6 +71,16 @@ class Forbidden(TapgateError):
     """The caller may not do this (a tool outside the allowlist, a stranger)."""
 
     code = "forbidden"
+
+
+class SelfApproval(Forbidden):
+    """The approver is the person the request acts for (``requested_by``): separation
+    of duties says their approval does not count."""
+
+    def __init__(self, approval: Any):
+        self.approval = approval
+        super().__init__(f"approval {approval.id} acts for this approver, whose approval "
+                         "does not count toward it")
 
 
 class InvalidArgument(TapgateError):

@@ -121,6 +121,10 @@ class ApprovalRow(BaseModel):
     submitter_uid = IntegerField(null=True)
     edited_payload = JSONTextField(null=True)
     accepts_edits = BooleanField(default=False)
+    required_approvals = IntegerField(default=1)
+    requested_by = BigIntegerField(null=True)
+    escalate_at = TimestampField(null=True)
+    escalated_at = TimestampField(null=True)
 
     class Meta:
         table_name = "approval"
@@ -254,6 +258,17 @@ class CheckpointRow(BaseModel):
         table_name = "checkpoint"
 
 
+class VoteRow(BaseModel):
+    id = AutoField()
+    approval_id = CharField(max_length=40)  # unique with voter (the migrations' index)
+    voter = CharField(max_length=100)
+    by = TextField()
+    at = TimestampField()
+
+    class Meta:
+        table_name = "approval_vote"
+
+
 class RuleRow(BaseModel):
     id = AutoField()
     agent = TextField()
@@ -319,4 +334,21 @@ ALL_MODELS = [
     RuleRow,
     RuleUseRow,
     ReplyPromptRow,
+    VoteRow,
 ]
+
+
+class TelegramUpdateRow(BaseModel):
+    """A webhook update already taken by some instance (webhook mode; pruned after a day)."""
+
+    bot_id = BigIntegerField()
+    update_id = BigIntegerField()
+    seen_at = TimestampField(index=True)
+
+    class Meta:
+        table_name = "telegram_update"
+        primary_key = False
+        indexes = ((("bot_id", "update_id"), True),)  # the claim: a second insert conflicts
+
+
+ALL_MODELS.append(TelegramUpdateRow)

@@ -72,6 +72,16 @@ class NewApproval(Record):
     chat_ids: list[int] = Field(default_factory=list)
     submitter_uid: int | None = None
     accepts_edits: bool = False
+    required_approvals: int = Field(1, ge=1, le=10)
+    requested_by: int | None = None
+    escalate_after: float | None = Field(None, gt=0)
+
+
+class Vote(Record):
+    """One approver's approval of a request that needs several."""
+
+    by: str
+    at: datetime
 
 
 class Approval(Record):
@@ -97,6 +107,14 @@ class Approval(Record):
     edited_payload: Any = Field(
         None, description="the payload as the approver edited it (null unless approved "
                           "with an edit): run this instead of the original")
+    required_approvals: int = Field(1, description="distinct approvers needed (one deny "
+                                                   "decides)")
+    requested_by: int | None = Field(
+        None, description="Telegram user id the request acts for: their approval never counts")
+    approvals: list[Vote] = Field(default_factory=list,
+                                  description="who approved so far (requests needing several)")
+    escalated_at: datetime | None = Field(
+        None, description="when the still-pending request was posted to the escalation chats")
 
     @property
     def callback_prefix(self) -> str:
@@ -105,6 +123,21 @@ class Approval(Record):
     @property
     def is_final(self) -> bool:
         return self.status != "pending"
+
+    @property
+    def shown_as(self) -> str:
+        """What a Telegram copy of this request displays, as one short key: the status,
+        and while pending the approvals counted and whether it escalated (a copy showing
+        an older key is owed an edit; see :mod:`storage.copies`)."""
+        return display_key(self.status, len(self.approvals) if self.required_approvals > 1
+                           else None, self.escalated_at is not None)
+
+
+def display_key(status: str, votes: int | None, escalated: bool) -> str:
+    """``pending``, ``pending/1``, ``pending/1/e``, ``approved``, ... (≤ 16 characters)."""
+    if status != "pending":
+        return status
+    return status + (f"/{votes}" if votes is not None else "") + ("/e" if escalated else "")
 
 
 class NewRule(Record):

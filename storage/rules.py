@@ -87,29 +87,30 @@ def take_rule(store: StoreBase, agent: str, kind: str, summary: str, run_id: str
     if kind in NEVER_RULED:
         return None
     p = store.db.param
-    rows = store.db.execute_sql(store.statement("rule.live", lambda: (
-        f'SELECT {columns(RuleRow)} FROM "approval_rule" WHERE "agent" = {p} AND "kind" = {p} '
+    # Only ids and globs: a submission matched against many rules decodes none but the hit.
+    candidates = store.db.execute_sql(store.statement("rule.live", lambda: (
+        f'SELECT "id", "match" FROM "approval_rule" WHERE "agent" = {p} AND "kind" = {p} '
         f'AND "revoked_at" IS NULL AND ("expires_at" IS NULL OR "expires_at" > {p}) '
         f'AND ("run_id" IS NULL OR "run_id" = {p}) ORDER BY "id"')),
         (agent, kind, to_text(now), run_id)).fetchall()
-    for row in rows:
-        rule = _decode_rule(row)
-        if glob_matches(rule.match, summary, kind):
-            _count_use(store, rule, now)
-            return rule_record(rule)
+    for rule_id, match in candidates:
+        if glob_matches(match, summary, kind):
+            return rule_record(_count_use(store, rule_id, now))
     return None
 
 
-def _count_use(store: StoreBase, rule: RuleRow, now: datetime) -> None:
+def _count_use(store: StoreBase, rule_id: int, now: datetime):
+    """Count one use of the rule (and of its hour's digest line); return its row."""
     p, at = store.db.param, to_text(now)
-    store.db.execute_sql(store.statement("rule.used", lambda: (
+    rule = _decode_rule(store.db.execute_sql(store.statement("rule.used", lambda: (
         f'UPDATE "approval_rule" SET "uses" = "uses" + 1, "last_used_at" = {p} '
-        f'WHERE "id" = {p}')), (at, rule.id))
+        f'WHERE "id" = {p} RETURNING {columns(RuleRow)}')), (at, rule_id)).fetchone())
     store.db.execute_sql(store.statement("rule_use.count", lambda: (
         'INSERT INTO "rule_use" ("rule_id", "window_start", "chat_id", "uses", "shown_uses", '
         f'"owed", "updated_at") VALUES ({p}, {p}, {p}, 1, 0, TRUE, {p}) '
         'ON CONFLICT ("rule_id", "window_start") DO UPDATE SET "uses" = "rule_use"."uses" + 1, '
         '"owed" = TRUE')), (rule.id, to_text(hour_of(now)), rule.chat_id, at))
+    return rule
 
 
 def decided_by_rule(rule: Rule) -> str:
@@ -150,6 +151,10 @@ class RuleStore(StoreBase):
             except AlreadyFinal as exc:  # raised after this block: an expiry it made stays
                 lost = exc
             else:
+                if approval.status != "approved":  # a vote toward a quorum: undone here
+                    raise InvalidArgument(
+                        f"approval {approval_id} needs {approval.required_approvals} approvers: "
+                        "a rule, one person's standing decision, cannot decide it")
                 rule = self._insert_rule(new, now)
         if lost is not None:
             raise lost

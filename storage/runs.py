@@ -231,7 +231,8 @@ class RunStore(StoreBase):
 
     @unit_of_work
     def complete_run(self, run_id: str, now: datetime | None = None) -> Run:
-        """Mark a running (or halted) run completed: its session rules end with it.
+        """Mark a running run completed; its session rules end with it. A halted run
+        keeps its status (what halted it stays visible) but its session rules end too.
         :class:`RunNotRunning` if it already completed."""
         from storage.rules import retire_rules_of
 
@@ -240,7 +241,9 @@ class RunStore(StoreBase):
             row = self._locked_run(run_id)
             if row.status == "completed":
                 raise RunNotRunning(f"run {run_id} is already completed")
-            RunRow.update(status="completed", updated_at=now).where(RunRow.id == run_id).execute()
+            if row.status == "running":
+                (RunRow.update(status="completed", updated_at=now)
+                 .where(RunRow.id == run_id).execute())
             retire_rules_of(run_id, f"run {run_id} completed", now)
             return run_record(RunRow.get_by_id(run_id))
 

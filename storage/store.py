@@ -19,15 +19,18 @@ from storage.checkpoints import CheckpointStore
 from storage.clock import utcnow
 from storage.copies import CopyStore
 from storage.db import open_database
+from storage.escalation import EscalationStore
 from storage.export import ExportStore
 from storage.facts import FactStore
+from storage.instances import InstanceStore
 from storage.ledger import LedgerStore
 from storage.rules import RuleStore
 from storage.spend import SpendStore
+from storage.updates import UpdateStore
 
 
 class Store(ApprovalStore, CopyStore, RuleStore, LedgerStore, SpendStore, AlertStore,
-            CheckpointStore, FactStore, ExportStore):
+            CheckpointStore, FactStore, ExportStore, EscalationStore, UpdateStore, InstanceStore):
     """Approvals, runs, steps, ledger, tool calls, checkpoints, facts and policies.
 
     Every method is one transaction and safe to call from many threads at

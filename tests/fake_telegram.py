@@ -14,7 +14,9 @@ Markdown) with Telegram's error texts, text limits measured after parsing in UTF
 units, the 64-byte ``callback_data`` limit, "message is not modified", editMessageText
 without ``reply_markup`` removing the inline keyboard, callback queries that expire or are
 answered twice, long-polling ``getUpdates`` with offsets, ``allowed_updates`` and 409
-conflicts, flood control (injected or per-group pacing) and outages (HTTP 502, non-JSON).
+conflicts, flood control (injected or per-group pacing) and outages (HTTP 502, non-JSON),
+and webhook delivery (``setWebhook``: updates POSTed in order with the secret header,
+redelivered until answered 2xx; ``webhook_target`` maps the https URL to a local one).
 
 Everything runs on the test's event loop. The injection helpers (``tap``, ``send_text``,
 ``fail_next``, ``set_down``...) are plain methods: call them from that loop's thread.
@@ -38,7 +40,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
 __all__ = [
@@ -48,6 +52,7 @@ __all__ = [
     "Message",
     "User",
     "WaitTimeout",
+    "WebhookDelivery",
     "parse_html",
     "parse_markdown",
     "parse_markdown_v2",
@@ -82,6 +87,7 @@ PACED_METHODS = frozenset(
     {"sendMessage", "editMessageText", "editMessageReplyMarkup", "editMessageCaption",
      "sendPhoto"}
 )
+BUTTON_STYLES = frozenset({"danger", "success", "primary"})  # Bot API 9.4
 # Update types Telegram only sends when asked for explicitly.
 OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
 
@@ -150,6 +156,7 @@ class Call:
     response: dict[str, Any]
     status: int = 200
     files: dict[str, bytes] = field(default_factory=dict)
+    token: str = ""  # the token in the URL: tells apart instances given different aliases
 
     @property
     def ok(self) -> bool:
@@ -166,6 +173,27 @@ class Call:
             shown["text"] = text if len(text) <= 60 else text[:57] + "..."
         outcome = "ok" if self.ok else f"{self.status} {self.description!r}"
         return f"<Call {self.method} {shown} -> {outcome}>"
+
+
+@dataclass
+class WebhookDelivery:
+    """One webhook POST: the update, the URL it went to, the HTTP status (None: no answer),
+    the decoded JSON answer, the error that makes it count as failed (None: delivered)."""
+
+    update: dict[str, Any]
+    url: str
+    status: int | None
+    answer: Any
+    error: str | None
+    at: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def update_id(self) -> int:
+        return self.update["update_id"]
 
 
 @dataclass
@@ -194,6 +222,8 @@ class Message:
     photo_file_id: str | None = None
     photo_size: tuple[int, int] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    reply_to_message_id: int | None = None
+    """The message (same chat) this one replies to; its dict goes into ``reply_to_message``."""
 
     @property
     def buttons(self) -> list[dict[str, Any]]:
@@ -918,6 +948,9 @@ class FakeTelegram:
             than Telegram, which shows it literally).
         validate_images: reject photos Pillow cannot read (IMAGE_PROCESS_FAILED) like
             Telegram does.
+        webhook_target: where webhook deliveries go instead of the https URL setWebhook
+            was given (see the attribute); while a webhook is set, getUpdates gets 409.
+        webhook_retry_delay: seconds before a failed webhook delivery is retried.
     """
 
     def __init__(
@@ -932,8 +965,12 @@ class FakeTelegram:
         strict_html_ampersand: bool = True,
         validate_images: bool = True,
         bot_first_name: str = "Tapgate",
+        webhook_target: str | Callable[[str], str] | None = None,
+        webhook_retry_delay: float = 0.2,
     ) -> None:
         self.token = token
+        self.aliases: set[str] = set()
+        """More tokens accepted as the same bot (tests give each bot process its own)."""
         self.bot_username = bot_username
         self.bot_first_name = bot_first_name
         self.callback_query_ttl = callback_query_ttl
@@ -955,6 +992,20 @@ class FakeTelegram:
         self.commands: dict[tuple[str, str], list[dict[str, str]]] = {}
         """setMyCommands storage keyed by (scope JSON, language_code)."""
         self.webhook_url = ""
+        self.webhook_secret: str | None = None
+        """The ``secret_token`` of the last setWebhook (sent in X-Telegram-Bot-Api-Secret-Token)."""
+        self.webhook_target = webhook_target
+        """Where webhook POSTs go instead of ``webhook_url`` (tests have no TLS): a base URL
+        (``http://127.0.0.1:8081``; the webhook URL's path is kept) or a callable mapping
+        the webhook URL to the URL of each attempt (a load balancer). None: the URL itself."""
+        self.webhook_retry_delay = webhook_retry_delay
+        self.webhook_deliveries: list[WebhookDelivery] = []
+        """Every webhook POST the fake made, oldest first."""
+        self.webhook_lost_answers = 0
+        """The next this-many 2xx webhook answers count as lost (redelivered, like an answer
+        that never reached Telegram)."""
+        self._webhook_task: asyncio.Task | None = None
+        self._webhook_error: tuple[int, str] | None = None
         self.dropped_updates: list[dict[str, Any]] = []
         """Updates discarded because their type was not in ``allowed_updates``."""
         self.internal_errors: list[BaseException] = []
@@ -1020,6 +1071,11 @@ class FakeTelegram:
         """Release held long polls (they answer ``[]``) and shut the server down."""
         self._closing = True
         self._notify()
+        if self._webhook_task is not None:
+            task, self._webhook_task = self._webhook_task, None
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await asyncio.sleep(0)  # let released polls write their answers
@@ -1187,9 +1243,11 @@ class FakeTelegram:
         return query_id
 
     def send_text(self, chat_id: int, user: User, text: str,
-                  chat_type: str = "private") -> int:
+                  chat_type: str = "private", reply_to: int | None = None) -> int:
         """A user writes ``text`` to ``chat_id``: queue a message update, return update_id.
-        A leading /command gets a bot_command entity like Telegram adds."""
+        A leading /command gets a bot_command entity like Telegram adds. ``reply_to``: the
+        id of a message of that chat it replies to (the update carries it as
+        ``reply_to_message``; an unknown or deleted one is left out, as Telegram does)."""
         if chat_id not in self._chats or self._chats[chat_id]["type"] != chat_type:
             if chat_type == "private":
                 self._chats[chat_id] = {"id": chat_id, "type": "private", **{
@@ -1203,7 +1261,8 @@ class FakeTelegram:
         if m:
             entities.append({"type": "bot_command", "offset": 0, "length": utf16_len(m[0])})
         msg = Message(chat_id=chat_id, message_id=self._new_message_id(chat_id), text=text,
-                      raw_text=text, entities=entities, from_user=user, date=int(time.time()))
+                      raw_text=text, entities=entities, from_user=user, date=int(time.time()),
+                      reply_to_message_id=reply_to)
         self._messages[(chat_id, msg.message_id)] = msg
         return self._enqueue("message", self._message_dict(msg))
 
@@ -1275,7 +1334,7 @@ class FakeTelegram:
                 raise _Down()
             if m is None:
                 raise _ApiError(404, "Not Found")
-            if m.group(1) != self.token:
+            if m.group(1) != self.token and m.group(1) not in self.aliases:
                 raise _ApiError(401, "Unauthorized")
             if name is None:
                 raise _ApiError(404, "Not Found")
@@ -1290,23 +1349,24 @@ class FakeTelegram:
         except _Down:
             self._record(name or sent_name, params, arrival, 502, files, {
                 "ok": False, "error_code": 502, "description": "Bad Gateway (HTML body)",
-            })
+            }, m.group(1) if m else "")
             return web.Response(status=502, text=BAD_GATEWAY_BODY, content_type="text/html")
         except asyncio.CancelledError:
             self._record(name or sent_name, params, arrival, 499, files, {
                 "ok": False, "error_code": 499, "description": "client closed the request",
-            })
+            }, m.group(1) if m else "")
             raise
         except Exception as exc:  # a bug in the fake: answer 500, keep it for the test
             self.internal_errors.append(exc)
             status = 500
             body = {"ok": False, "error_code": 500, "description": f"Internal Server Error: {exc!r}"}
-        self._record(name or sent_name, params, arrival, status, files, body)
+        self._record(name or sent_name, params, arrival, status, files, body,
+                     m.group(1) if m else "")
         return web.json_response(body, status=status)
 
     def _record(self, method: str, params: dict, at: float, status: int,
-                files: dict[str, bytes], body: dict) -> None:
-        self.calls.append(Call(method, params, at, body, status, files))
+                files: dict[str, bytes], body: dict, token: str = "") -> None:
+        self.calls.append(Call(method, params, at, body, status, files, token))
         self._notify()
 
     async def _read_params(self, request: web.Request) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -1366,7 +1426,7 @@ class FakeTelegram:
         self._next_message_id[chat_id] = mid + 1
         return mid
 
-    def _message_dict(self, msg: Message) -> dict[str, Any]:
+    def _message_dict(self, msg: Message, nested: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
             "message_id": msg.message_id,
             "from": msg.from_user.to_dict() if msg.from_user else self._bot_user(),
@@ -1385,8 +1445,15 @@ class FakeTelegram:
                 d["caption"] = msg.caption
                 if msg.caption_entities:
                     d["caption_entities"] = copy.deepcopy(msg.caption_entities)
-        if msg.reply_markup:
+        if msg.reply_markup and "inline_keyboard" in msg.reply_markup:
+            # Message.reply_markup is inline only: a ForceReply or a reply keyboard is not
+            # echoed back (it is kept here in ``Message.reply_markup`` for tests).
             d["reply_markup"] = copy.deepcopy(msg.reply_markup)
+        target = (self._messages.get((msg.chat_id, msg.reply_to_message_id))
+                  if msg.reply_to_message_id is not None else None)
+        if target is not None and not target.deleted and nested:
+            # Like Telegram: the replied message, itself without its own reply_to_message.
+            d["reply_to_message"] = self._message_dict(target, nested=False)
         return d
 
     @staticmethod
@@ -1483,6 +1550,8 @@ class FakeTelegram:
         if "inline_keyboard" not in markup:
             if inline_only:
                 raise _bad("inline keyboard expected")
+            if "force_reply" in markup:
+                FakeTelegram._check_force_reply(markup)
             return copy.deepcopy(markup)
         rows = markup["inline_keyboard"]
         if not isinstance(rows, list) or not all(isinstance(r, list) for r in rows):
@@ -1506,7 +1575,16 @@ class FakeTelegram:
                 url = button.get("url")
                 if url is not None and (not isinstance(url, str) or not _checked_link(url)):
                     raise _bad("BUTTON_URL_INVALID")
-                actions = set(button) - {"text"}
+                if "style" in button and button["style"] not in BUTTON_STYLES:
+                    raise _bad("BUTTON_STYLE_INVALID")
+                if "copy_text" in button:
+                    copied = button["copy_text"]
+                    if not isinstance(copied, dict) or set(copied) != {"text"} \
+                            or not isinstance(copied["text"], str) \
+                            or not 1 <= len(copied["text"]) <= 256:
+                        raise _bad("BUTTON_COPY_TEXT_INVALID")
+                # Bot API 9.4: exactly one field besides text, style, icon_custom_emoji_id.
+                actions = set(button) - {"text", "style", "icon_custom_emoji_id"}
                 if not actions:
                     raise _bad("text buttons are unallowed in the inline keyboard")
                 clean_row.append(copy.deepcopy(button))
@@ -1518,6 +1596,21 @@ class FakeTelegram:
         if not clean_rows:
             return None
         return {"inline_keyboard": clean_rows}
+
+    @staticmethod
+    def _check_force_reply(markup: dict[str, Any]) -> None:
+        """ForceReply: ``force_reply`` true, optional ``selective`` (bool) and
+        ``input_field_placeholder`` (0-64 characters), nothing else."""
+        if markup.get("force_reply") is not True:
+            raise _bad("can't parse reply keyboard markup JSON object")
+        if set(markup) - {"force_reply", "selective", "input_field_placeholder"}:
+            raise _bad("can't parse reply keyboard markup JSON object")
+        if "selective" in markup and not isinstance(markup["selective"], bool):
+            raise _bad("can't parse reply keyboard markup JSON object")
+        placeholder = markup.get("input_field_placeholder")
+        if placeholder is not None and (not isinstance(placeholder, str)
+                                        or len(placeholder) > 64):
+            raise _bad("input field placeholder is too long")
 
     def _editable(self, params: dict[str, Any]) -> Message:
         if params.get("inline_message_id"):
@@ -1616,14 +1709,90 @@ class FakeTelegram:
         url = p.get("url") or ""
         if url and not str(url).startswith("https://"):
             raise _bad("bad webhook: An HTTPS URL must be provided for webhook")
+        secret = p.get("secret_token")
+        if secret is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", str(secret)):
+            raise _bad("secret token contains unallowed characters")
+        allowed = p.get("allowed_updates")
+        if allowed is not None:
+            if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
+                raise _bad("can't parse allowed updates")
+            self.allowed_updates = list(allowed)
         self.webhook_url = str(url)
+        self.webhook_secret = str(secret) if secret else None
         if p.get("drop_pending_updates"):
             self._pending.clear()
+        if self.webhook_url and (self._webhook_task is None or self._webhook_task.done()):
+            self._webhook_task = asyncio.create_task(self._deliver_webhook())
         return True
 
     async def _get_webhook_info(self, p: dict, files: dict) -> Any:
-        return {"url": self.webhook_url, "has_custom_certificate": False,
-                "pending_update_count": len(self._pending)}
+        info: dict[str, Any] = {"url": self.webhook_url, "has_custom_certificate": False,
+                                "pending_update_count": len(self._pending)}
+        if self.webhook_url and self._webhook_error is not None:
+            info["last_error_date"], info["last_error_message"] = self._webhook_error
+        if self.webhook_url and self.allowed_updates is not None:
+            info["allowed_updates"] = list(self.allowed_updates)
+        return info
+
+    def _webhook_post_url(self) -> str:
+        target = self.webhook_target
+        if target is None:
+            return self.webhook_url
+        if callable(target):
+            return target(self.webhook_url)
+        parts = urlsplit(self.webhook_url)
+        query = f"?{parts.query}" if parts.query else ""
+        return target.rstrip("/") + (parts.path or "/") + query
+
+    async def _deliver_webhook(self) -> None:
+        """While a webhook is set: POST the pending updates one at a time, in order, with
+        the secret header. A non-2xx answer or a connection error is retried (the same
+        update, after ``webhook_retry_delay``), like Telegram does; a 2xx confirms it."""
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while self.webhook_url and not self._closing:
+                kept = []
+                for update in self._pending:
+                    if self._is_allowed(self._update_type(update)):
+                        kept.append(update)
+                    else:
+                        self.dropped_updates.append(update)
+                self._pending = kept
+                if not kept or self._down:
+                    event = self._changed
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(event.wait(), 1.0)
+                    continue
+                update = kept[0]
+                url = self._webhook_post_url()
+                headers = {"Content-Type": "application/json"}
+                if self.webhook_secret:
+                    headers["X-Telegram-Bot-Api-Secret-Token"] = self.webhook_secret
+                status: int | None = None
+                answer: Any = None
+                try:
+                    async with session.post(url, data=json.dumps(update),
+                                            headers=headers) as response:
+                        status = response.status
+                        text = await response.text()
+                        with contextlib.suppress(ValueError):
+                            answer = json.loads(text)
+                    error = (None if 200 <= status < 300
+                             else f"Wrong response from the webhook: {status} {response.reason}")
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    error = f"Connection failed: {type(exc).__name__}"
+                if error is None and self.webhook_lost_answers > 0:
+                    self.webhook_lost_answers -= 1
+                    error = "Read timeout expired"
+                self.webhook_deliveries.append(WebhookDelivery(
+                    copy.deepcopy(update), url, status, answer, error, self.clock()))
+                if error is None:
+                    self._pending = [u for u in self._pending if u is not update]
+                    self._notify()
+                    continue
+                self._webhook_error = (int(time.time()), error)
+                self._notify()
+                await asyncio.sleep(self.webhook_retry_delay)
 
     @staticmethod
     def _commands_key(p: dict) -> tuple[str, str]:
@@ -1657,29 +1826,34 @@ class FakeTelegram:
         self.commands.pop(self._commands_key(p), None)
         return True
 
-    def _check_reply_to(self, chat_id: int, p: dict) -> None:
+    def _check_reply_to(self, chat_id: int, p: dict) -> int | None:
+        """The id of the message the new one replies to (None: none, or a missing one
+        allowed by ``allow_sending_without_reply``); 400 if it is missing otherwise."""
         reply = p.get("reply_parameters")
         reply_id = p.get("reply_to_message_id")
         allow = bool(p.get("allow_sending_without_reply"))
         if isinstance(reply, dict):
             reply_id = reply.get("message_id")
             allow = allow or bool(reply.get("allow_sending_without_reply"))
-        if reply_id is None or allow:
-            return
+        if reply_id is None:
+            return None
         target = self._messages.get((chat_id, reply_id))
         if target is None or target.deleted:
+            if allow:
+                return None
             raise _bad("message to be replied not found")
+        return reply_id
 
     async def _send_message(self, p: dict, files: dict) -> Any:
         chat_id = self._chat_id(p)
         markup = self._markup(p)
         plain, ents = self._parse_text(p)
-        self._check_reply_to(chat_id, p)
+        reply_to = self._check_reply_to(chat_id, p)
         self._pace(chat_id)
         msg = Message(
             chat_id=chat_id, message_id=self._new_message_id(chat_id), text=plain,
             raw_text=str(p.get("text")), parse_mode=p.get("parse_mode"), reply_markup=markup,
-            entities=ents, date=int(time.time()),
+            entities=ents, date=int(time.time()), reply_to_message_id=reply_to,
         )
         self._messages[(chat_id, msg.message_id)] = msg
         return self._message_dict(msg)

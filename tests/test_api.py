@@ -367,8 +367,10 @@ async def test_runs_and_the_rest(lite):
     error_of(await http.get("/v1/policies/none"), 404, "not_found")
 
     health = (await http.get("/v1/health")).json()
+    # No Service around this app: no cluster to report (bot.cluster fills these in).
     assert health == {"status": "ok", "version": health["version"], "database": "sqlite",
-                      "pending": 0}
+                      "pending": 0, "leader": None, "instances_alive": 1,
+                      "this_instance": None}
 
     r = await http.post("/v1/runs/r1/cancel")
     assert r.json()["status"] == "halted" and r.json()["halt_reason"] == "cancelled"
@@ -590,3 +592,23 @@ async def test_openapi_describes_every_route(lite):
     wait = doc["paths"]["/v1/approvals/{id}"]["get"]["parameters"]
     assert {p["name"]: p["in"] for p in wait} == {"id": "path", "wait": "query"}
     assert json.dumps(doc).count("#/components/schemas/") > 20
+
+
+async def test_required_approvals_and_requested_by(api):
+    r = await api.http.post("/v1/approvals", json={**APPROVAL, "required_approvals": 2,
+                                                   "requested_by": 1001})
+    assert r.status_code == 201
+    made = r.json()
+    assert (made["required_approvals"], made["requested_by"], made["approvals"]) == (2, 1001, [])
+    await api.manager.resolve(made["id"], "approved", "telegram:1002 (@bob)")
+    got = (await api.http.get(f"/v1/approvals/{made['id']}")).json()
+    assert got["status"] == "pending" and [v["by"] for v in got["approvals"]] == [
+        "telegram:1002 (@bob)"]
+    plain = (await api.http.post("/v1/approvals", json=APPROVAL)).json()
+    assert plain["required_approvals"] == 1
+    for bad in (0, 11, "two", 1.5):
+        error_of(await api.http.post("/v1/approvals", json={**APPROVAL,
+                                                            "required_approvals": bad}),
+                 422, "validation_error")
+    error_of(await api.http.post("/v1/approvals", json={**APPROVAL, "requested_by": -5}), 422,
+             "validation_error")

@@ -14,6 +14,7 @@ from storage.errors import InvalidArgument, NotFound
 from storage.records import (
     NewApproval,
     NewLedgerEntry,
+    NewRule,
     NewToolCall,
     RunUpsert,
 )
@@ -65,6 +66,60 @@ def test_csv(filled):
     call = next(r for r in rows if r["type"] == "tool_call")
     assert json.loads(call["arguments"]) == {"path": "/tmp/x"}
     assert sum(1 for r in rows if r["type"] == "ledger") == 10
+
+
+def test_rules_and_their_uses_are_in_the_trail(store):
+    store.upsert_run(RunUpsert(id="s1", name="session"))
+    store.upsert_run(RunUpsert(id="s2", name="other"))
+    always = store.create_rule(NewRule(agent="cc", kind="Bash", match="git *",
+                                       created_by="telegram:1 (@alice)"))
+    session = store.create_rule(NewRule(agent="cc", kind="Bash", match="make", run_id="s1",
+                                        created_by="cli:ops"))
+    elsewhere = store.create_rule(NewRule(agent="cc", kind="Bash", match="ls", run_id="s2",
+                                          created_by="socket:uid0"))
+    ruled, _ = store.create_approval(NewApproval(agent="cc", kind="Bash", summary="git log",
+                                                 ttl_seconds=60, run_id="s1"))
+    store.create_approval(NewApproval(agent="cc", kind="Bash", summary="make", ttl_seconds=60,
+                                      run_id="s1"))
+    asked, _ = store.create_approval(NewApproval(agent="cc", kind="Bash", summary="rm -rf x",
+                                                 payload={"command": "rm -rf x"},
+                                                 ttl_seconds=60, run_id="s1",
+                                                 accepts_edits=True))
+    store.resolve_approval(asked.id, "approved", "telegram:1 (@alice)",
+                           edited_payload={"command": "rm -rf x/tmp"})
+    store.revoke_rule(always.id, "cli:ops")
+    assert ruled.decided_by.startswith(f"rule:{always.id}")
+
+    out = io.StringIO()
+    count = export(store, out)
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert count == len(rows) == 3 + 3
+    rules = {r["id"]: r for r in rows if r["type"] == "rule"}
+    assert list(rules) == [always.id, session.id, elsewhere.id]
+    assert rules[always.id]["uses"] == 1 and rules[always.id]["revoked_by"] == "cli:ops"
+    assert rules[always.id]["revoked_at"].endswith("Z")
+    assert rules[always.id]["created_by"] == "telegram:1 (@alice)"
+    assert rules[session.id]["uses"] == 1 and rules[session.id]["last_used_at"]
+    edited = next(r for r in rows if r.get("id") == asked.id)
+    assert edited["edited_payload"] == {"command": "rm -rf x/tmp"}
+    assert edited["accepts_edits"] is True
+
+    # One run: its session rules and the rules that approved its requests, no others.
+    out = io.StringIO()
+    export(store, out, run_id="s1")
+    ids = [json.loads(line)["id"] for line in out.getvalue().splitlines()
+           if json.loads(line)["type"] == "rule"]
+    assert ids == [always.id, session.id]
+
+    out = io.StringIO()
+    export(store, out, fmt="csv")
+    csv_rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    assert list(csv_rows[0]) == CSV_COLUMNS
+    rule_row = next(r for r in csv_rows if r["type"] == "rule" and r["id"] == str(always.id))
+    assert (rule_row["match"], rule_row["uses"], rule_row["created_by"]) == (
+        "git *", "1", "telegram:1 (@alice)")
+    edited_row = next(r for r in csv_rows if r["id"] == asked.id)
+    assert json.loads(edited_row["edited_payload"]) == {"command": "rm -rf x/tmp"}
 
 
 @pytest.mark.parametrize("text", ["=HYPERLINK(\"http://evil\")", "+1+cmd|' /C calc'!A0",

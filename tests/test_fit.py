@@ -144,7 +144,7 @@ async def test_an_agents_request_is_shown_under_its_name_with_its_words_quoted(f
     assert "Budget alert" in lines[0]  # the agent's name stays on its own header line
     assert not any(line.startswith("💸") for line in lines if forged.splitlines()[0] != line)
     assert quoted(msg) == [forged]
-    assert msg.button_texts == ["✅ Approve", "❌ Deny"]
+    assert msg.button_texts == ["✅ Approve", "❌ Deny", "♾️ Always", "💬 Deny with reason"]
     # The agent withdraws it with a reason of its own: still on the outcome's line.
     await service.manager.cancel(approval.id, "api", reason="done\n💸 Budget alert: grant?")
     msg = await edited_to(fake, CHAT_A, msg.message_id, "Withdrawn")

@@ -102,9 +102,14 @@ def seed(root: Path, agent: str, scope: str) -> Path:
     return path
 
 
-def ours(data: dict, agent: str) -> list[dict]:
-    return [h for groups in data.get("hooks", {}).values() if isinstance(groups, list)
+def ours(data: dict, agent: str, session_end: bool = False) -> list[dict]:
+    """Our handlers for tool calls (or, with ``session_end``, our SessionEnd handlers)."""
+    return [h for event, groups in data.get("hooks", {}).items() if isinstance(groups, list)
+            and (event == "SessionEnd") == session_end
             for g in groups for h in g["hooks"] if inst.is_ours(h, agent)]
+
+
+ENDS = {"claude-code": " + SessionEnd", "codex": "", "gemini": " + SessionEnd"}
 
 
 @pytest.mark.parametrize(("agent", "scope"), CASES)
@@ -115,9 +120,16 @@ def test_install_keeps_everything_second_run_changes_nothing_uninstall_restores(
 
     code, out, _ = run(capsys, "hook", "install", agent, "--scope", scope)
     assert code == 0
-    assert out == (f"installed the {agent} hook in {path} ({EVENT[agent]}, timeout 630 s)\n")
+    assert out == (f"installed the {agent} hook in {path} ({EVENT[agent]}{ENDS[agent]}, "
+                   "timeout 630 s)\n")
     data = json.loads(path.read_text())
     added = data["hooks"][EVENT[agent]].pop()  # ours comes last, after the user's own
+    if ENDS[agent]:  # and one at the session's end, which completes the session's run
+        [ending] = data["hooks"].pop("SessionEnd")
+        [handler] = ending["hooks"]
+        assert set(ending) == {"hooks"} and inst.is_ours(handler, agent)
+        assert handler["timeout"] == (10 if agent == "claude-code" else 10_000)
+        assert "onFailure" not in handler
     assert data == EXISTING[agent]  # nothing lost, nothing else changed
     assert "matcher" not in added and len(added["hooks"]) == 1
     assert inst.is_ours(added["hooks"][0], agent)
@@ -195,9 +207,9 @@ def test_each_agent_gets_its_own_shape(dirs, capsys):
 def test_claude_permission_request_event_and_matcher(dirs, capsys):
     code, out, _ = run(capsys, "hook", "install", "claude-code", "--event", "PermissionRequest",
                        "--matcher", "Bash|Write|Edit|mcp__.*")
-    assert code == 0 and "(PermissionRequest, timeout 630 s)" in out
+    assert code == 0 and "(PermissionRequest + SessionEnd, timeout 630 s)" in out
     data = json.loads((dirs / FILES["claude-code", "user"]).read_text())
-    assert list(data["hooks"]) == ["PermissionRequest"]
+    assert list(data["hooks"]) == ["PermissionRequest", "SessionEnd"]
     assert data["hooks"]["PermissionRequest"][0]["matcher"] == "Bash|Write|Edit|mcp__.*"
 
 

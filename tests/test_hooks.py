@@ -23,6 +23,7 @@ import pytest
 
 from bot.client import AsyncTapgateClient
 from tests.botproc import BotProcess
+from tests.test_api import lite  # noqa: F401  (the fixture: the API in the test's loop)
 from tests.test_telegram import ALICE, BOB, CHAT_A, CHAT_B
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,8 +71,8 @@ def decision_of(agent: str, answer: dict[str, Any]) -> tuple[str, str]:
     """(allow|deny|ask|pass, reason) read back from ``agent``'s answer, checking its shape."""
     if answer == {}:
         return "pass", ""
-    if agent == "gemini":
-        assert set(answer) == {"decision", "reason"}
+    if agent == "gemini":  # an edit adds hookSpecificOutput.tool_input to an allow
+        assert set(answer) - {"hookSpecificOutput"} == {"decision", "reason"}
         return answer["decision"], answer["reason"]
     if agent == "codex":
         jsonschema.validate(answer, CODEX_OUTPUT)
@@ -79,9 +80,9 @@ def decision_of(agent: str, answer: dict[str, Any]) -> tuple[str, str]:
         assert set(answer) == {"systemMessage"}
         return "ask", answer["systemMessage"]
     specific = answer["hookSpecificOutput"]
-    if specific["hookEventName"] == "PreToolUse":
-        assert set(specific) == {"hookEventName", "permissionDecision",
-                                 "permissionDecisionReason"}
+    if specific["hookEventName"] == "PreToolUse":  # an edit adds updatedInput to an allow
+        assert set(specific) - {"updatedInput"} == {"hookEventName", "permissionDecision",
+                                                    "permissionDecisionReason"}
         return specific["permissionDecision"], specific["permissionDecisionReason"]
     decision = specific["decision"]
     return decision["behavior"], decision.get("message", "")
@@ -325,3 +326,206 @@ def test_summaries_and_the_api_limits():
     assert summary("Bash", {"command": "y" * 600}).endswith("…")
     assert len(summary("Bash", {"command": "y" * 600})) == 500
     assert summary("TodoWrite", {"todos": []}) == "TodoWrite"
+
+
+# --- decisions beyond approve and deny: an approver's edit, a reason (in-process bot) --------
+
+
+class Editor:
+    """A fake approver on the in-process API: approves each new request with its editable
+    field (bot.rules.editable_field) changed to ``value``, or denies it with ``reason``."""
+
+    def __init__(self, harness, value: str | None = None, reason: str | None = None,
+                 edited_payload: Any = None):
+        self.value, self.reason, self.edited_payload = value, reason, edited_payload
+        self.seen: list = []
+        self._harness = harness
+        self._loop = asyncio.get_running_loop()
+        harness.manager.subscribe(self._on_event)
+
+    def _on_event(self, approval, created: bool) -> None:
+        if created:
+            self.seen.append(approval)
+            self._loop.create_task(self._decide(approval))
+
+    async def _decide(self, approval) -> None:
+        from bot.rules import editable_field, with_edit
+
+        manager = self._harness.manager
+        if self.reason is not None:
+            await manager.resolve(approval.id, "denied", "telegram:2 (@bob)", self.reason)
+            return
+        edited = self.edited_payload
+        if edited is None:
+            where, _ = editable_field(approval.payload)
+            edited = with_edit(approval.payload, where, self.value)
+        await manager.resolve(approval.id, "approved", "telegram:1 (@alice)",
+                              edited_payload=edited)
+
+
+@pytest.mark.parametrize("agent,claude_event", [("claude-code", "PreToolUse"),
+                                                ("claude-code", "PermissionRequest"),
+                                                ("gemini", None)])
+async def test_an_edit_reaches_the_agent_as_its_own_input_with_one_field_changed(
+        agent, claude_event, lite):  # noqa: F811
+    editor = Editor(lite, "git push origin HEAD:feature")
+    event = event_for(agent, "git push --force", claude_event=claude_event or "PreToolUse")
+    hook = await Hook.start(agent, event, socket=lite.path)
+    out, err = await asyncio.wait_for(hook.proc.communicate(), 60)
+    assert hook.proc.returncode == 0 and b"Traceback" not in err, err.decode()
+    answer = json.loads(out)
+    expected = {**event["tool_input"], "command": "git push origin HEAD:feature"}
+    assert editor.seen[0].accepts_edits is True
+    if agent == "gemini":
+        assert answer["decision"] == "allow" and "edit" in answer["reason"]
+        assert answer["hookSpecificOutput"] == {"tool_input": expected}
+    elif claude_event == "PreToolUse":
+        specific = answer["hookSpecificOutput"]
+        assert specific["permissionDecision"] == "allow"
+        assert specific["updatedInput"] == expected
+        assert "@alice" in specific["permissionDecisionReason"]
+    else:
+        assert answer == {"hookSpecificOutput": {
+            "hookEventName": "PermissionRequest",
+            "decision": {"behavior": "allow", "updatedInput": expected}}}
+
+
+async def test_an_edit_never_sends_the_cut_payload_back(lite):  # noqa: F811
+    """The approver saw (and edited) a payload cut to fit the API's limit: the agent gets
+    its whole original input back with only the edited field replaced."""
+    content = "".join(f"line {i} " + "y" * 60 + "\n" for i in range(3000))
+    event = event_for("claude-code", "")
+    event.update(tool_name="Write", tool_input={"file_path": "/home/dev/project/big.py",
+                                                 "content": content})
+    editor = Editor(lite, "/home/dev/project/big_v2.py")
+    hook = await Hook.start("claude-code", event, socket=lite.path)
+    out, _ = await asyncio.wait_for(hook.proc.communicate(), 60)
+    sent = editor.seen[0].payload["tool_input"]["content"]
+    assert sent.endswith("more characters]")  # what the approver saw was cut
+    updated = json.loads(out)["hookSpecificOutput"]["updatedInput"]
+    assert updated == {"file_path": "/home/dev/project/big_v2.py", "content": content}
+
+
+async def test_codex_takes_no_edits_and_an_unusable_edit_is_denied(lite):  # noqa: F811
+    # Codex says it cannot take edits; an edit that reached it anyway is not run.
+    editor = Editor(lite, "ls -la")
+    hook = await Hook.start("codex", event_for("codex", "ls # codex"), socket=lite.path)
+    decision, reason, answer = await hook.answer()
+    assert editor.seen[0].accepts_edits is False
+    assert decision == "deny" and "cannot run" in reason
+    jsonschema.validate(answer, CODEX_OUTPUT)
+    # An edited payload whose field the original lacks: denied, never the original run.
+    editor.edited_payload = {"tool_input": {"query": "something else"}}
+    hook = await Hook.start("claude-code", event_for("claude-code", "ls # odd edit"),
+                            socket=lite.path)
+    decision, reason, answer = await hook.answer()
+    assert decision == "deny" and "not running the original" in reason
+    assert "updatedInput" not in answer["hookSpecificOutput"]
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+async def test_the_approvers_reason_reaches_the_model_verbatim(agent, lite):  # noqa: F811
+    why = "not on main — open a PR instead (see CONTRIBUTING.md §3)"
+    Editor(lite, reason=why)
+    hook = await Hook.start(agent, event_for(agent, f"git push # {agent}"), socket=lite.path)
+    decision, reason, _ = await hook.answer()
+    assert decision == "deny" and reason.endswith(f": {why}") and "@bob" in reason
+
+
+@pytest.mark.parametrize("agent", ["claude-code", "gemini"])
+async def test_session_end_completes_the_run_and_ends_its_session_rules(agent, lite):  # noqa: F811
+    from storage.records import NewRule, RunUpsert
+
+    store = lite.store
+    await store.run(store.upsert_run, RunUpsert(id="sess-9", name="/home/dev/project"))
+    session_rule = await store.run(store.create_rule, NewRule(
+        agent=agent, kind="Bash", match="ls", run_id="sess-9", created_by="telegram:1 (@a)"))
+    always = await store.run(store.create_rule, NewRule(
+        agent=agent, kind="Bash", match="pwd", created_by="telegram:1 (@a)"))
+    end = {"session_id": "sess-9", "transcript_path": "/tmp/t.jsonl", "cwd": "/home/dev",
+           "hook_event_name": "SessionEnd", "reason": "exit"}
+    for _ in range(2):  # a second end (or one for a run already complete) is fine too
+        hook = await Hook.start(agent, end, socket=lite.path)
+        out, err = await asyncio.wait_for(hook.proc.communicate(), 60)
+        assert hook.proc.returncode == 0 and json.loads(out) == {}, err.decode()
+        assert not err, err.decode()
+    assert (await store.run(store.get_run, "sess-9")).status == "completed"
+    live = await store.run(store.list_rules)
+    assert [r.id for r in live] == [always.id]  # only the session's rule ended
+    ended = await store.run(store.get_rule, session_rule.id)
+    assert ended.revoked_at is not None
+    # A session that never asked anything has no run: nothing to do, no complaint.
+    hook = await Hook.start(agent, {**end, "session_id": "never-asked"}, socket=lite.path)
+    out, err = await asyncio.wait_for(hook.proc.communicate(), 60)
+    assert json.loads(out) == {} and not err
+    # The bot down: still {} and exit 0, the reason on stderr.
+    hook = await Hook.start(agent, end, socket="/tmp/nothing-here.sock")
+    out, err = await asyncio.wait_for(hook.proc.communicate(), 60)
+    assert hook.proc.returncode == 0 and json.loads(out) == {}
+    assert b"could not complete run sess-9" in err
+
+
+# --- the same, end to end: the real bot, the fake Telegram, the approver's taps ---------------
+
+
+async def prompt_in(fake, sqlite_url: str, chat: int, needle: str):
+    """The bot's ForceReply prompt containing ``needle``, once its prompt row is stored."""
+    from storage.store import Store
+
+    call = await fake.wait_for("sendMessage", lambda c: int(c.params["chat_id"]) == chat
+                               and needle in str(c.params["text"]), timeout=30)
+    message_id = call.response["result"]["message_id"]
+    store = Store.from_url(sqlite_url)
+    try:
+        for _ in range(500):
+            if store.find_prompt(chat, message_id) is not None:
+                return message_id
+            await asyncio.sleep(0.02)
+    finally:
+        store.close()
+    raise AssertionError(f"no prompt stored for message {message_id}")
+
+
+async def test_an_approvers_edit_in_telegram_reaches_claude_code(fake, bot, sqlite_url):
+    command = "git push --force origin main # e2e edit"
+    event = event_for("claude-code", command)
+    hook = await Hook.start("claude-code", event, socket=bot.socket_path)
+    msg, _ = await posted_request(fake, command)
+    fake.tap(msg.chat_id, msg.message_id, ALICE, button_text="✏️ Edit")
+    ask = await prompt_in(fake, sqlite_url, CHAT_A, "Edit and approve")
+    fake.send_text(CHAT_A, ALICE, "git push origin HEAD:review/e2e", reply_to=ask)
+    *_, answer = await hook.answer()
+    specific = answer["hookSpecificOutput"]
+    assert specific["permissionDecision"] == "allow"
+    assert specific["updatedInput"] == {**event["tool_input"],
+                                        "command": "git push origin HEAD:review/e2e"}
+
+
+async def test_a_reason_typed_in_telegram_reaches_claude_code(fake, bot, sqlite_url):
+    command = "rm -rf ~/.cache # e2e reason"
+    hook = await Hook.start("claude-code", event_for("claude-code", command),
+                            socket=bot.socket_path)
+    msg, _ = await posted_request(fake, command)
+    fake.tap(msg.chat_id, msg.message_id, ALICE, button_text="💬 Deny with reason")
+    ask = await prompt_in(fake, sqlite_url, CHAT_A, "Deny with a reason")
+    fake.send_text(CHAT_A, ALICE, "clear only ~/.cache/pip, the rest is shared", reply_to=ask)
+    decision, reason, _ = await hook.answer()
+    assert decision == "deny"
+    assert reason.endswith("@alice) via Tapgate: clear only ~/.cache/pip, the rest is shared")
+
+
+async def test_codex_edit_is_refused_with_a_popup_and_the_request_stays_open(fake, bot):
+    command = "make deploy # e2e codex"
+    hook = await Hook.start("codex", event_for("codex", command), socket=bot.socket_path)
+    msg, approval_id = await posted_request(fake, command)
+    query = fake.tap(msg.chat_id, msg.message_id, ALICE, button_text="✏️ Edit")
+    call = await fake.wait_for("answerCallbackQuery",
+                               lambda c: c.params["callback_query_id"] == query, timeout=30)
+    assert "can't run an edited request" in call.params["text"]
+    async with AsyncTapgateClient(bot.socket_path) as client:
+        assert (await client.get_approval(approval_id)).status == "pending"
+    fake.tap(msg.chat_id, msg.message_id, ALICE, button_text="✅ Approve")
+    decision, _, answer = await hook.answer()
+    assert decision == "allow"
+    assert answer == {"hookSpecificOutput": {"hookEventName": "PermissionRequest",
+                                             "decision": {"behavior": "allow"}}}

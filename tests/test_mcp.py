@@ -19,6 +19,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from bot.client import AsyncTapgateClient
 from tests.botproc import BotProcess, bot_env
+from tests.test_api import lite  # noqa: F401  (the fixture: the API in the test's loop)
 from tests.test_telegram import ALICE, BOB, CHAT_A, CHAT_B, posted
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ async def test_tools_are_listed(bot, tmp_path):
     assert set(tools) == {"request_approval", "get_approval", "spend"}
     schema = tools["request_approval"].input_schema
     assert set(schema["required"]) == {"kind", "summary"}
-    assert {"payload", "ttl_seconds", "wait"} <= set(schema["properties"])
+    assert {"payload", "ttl_seconds", "wait", "accepts_edits"} <= set(schema["properties"])
     assert "ctx" not in schema["properties"]  # the SDK's context is not an argument
 
 
@@ -110,6 +111,32 @@ async def test_deny_reason_reaches_the_agent(bot, fake, tmp_path):
     assert result["decided_by"]
     async with AsyncTapgateClient(bot.socket_path) as client:
         assert (await client.get_approval(approval_id)).agent == "mcp"  # no client name
+
+
+async def test_an_edit_reaches_the_agent_only_when_it_accepts_edits(fake, sqlite_url, lite,  # noqa: F811
+                                                                    tmp_path):
+    """accepts_edits goes to the bot; an approval with an edit returns edited_payload."""
+    edited = {"command": "deploy staging"}
+
+    def approve_edited(approval, created: bool) -> None:
+        if created:
+            asyncio.get_running_loop().create_task(lite.manager.resolve(
+                approval.id, "approved", "telegram:1 (@alice)",
+                edited_payload=edited if approval.accepts_edits else None))
+
+    lite.manager.subscribe(approve_edited)
+    async with mcp_session(bot_env(fake, sqlite_url, lite.path), tmp_path / "mcp.log") as s:
+        result = structured(await s.call_tool("request_approval", {
+            "kind": "deploy", "summary": "deploy prod", "payload": {"command": "deploy prod"},
+            "accepts_edits": True}))
+        plain = structured(await s.call_tool("request_approval", {
+            "kind": "deploy", "summary": "deploy prod"}))
+        polled = structured(await s.call_tool("get_approval", {"id": result["id"]}))
+    assert result["status"] == "approved" and result["edited_payload"] == edited
+    assert polled == result
+    assert plain["status"] == "approved" and plain["edited_payload"] is None
+    stored = await lite.manager.get(result["id"])
+    assert stored.accepts_edits is True and stored.payload == {"command": "deploy prod"}
 
 
 async def test_no_wait_then_get_approval(bot, fake, tmp_path):

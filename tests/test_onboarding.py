@@ -207,7 +207,8 @@ async def test_doctor_all_pass_with_a_running_bot(fake, home, sqlite_url):
            "and migrated" in text
     assert f"socket {bot.socket_path}" in text and "a bot is already answering" in text
     assert "clock in sync" in text
-    assert len(lines(out)) == 7
+    assert f"served by tapgate run (pid {bot.proc.pid}); SQLite is single-instance" in text
+    assert len(lines(out)) == 8
 
 
 async def test_doctor_on_a_fresh_init_passes_and_names_the_well_known_places(fake, home):

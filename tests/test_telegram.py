@@ -64,7 +64,8 @@ async def test_approve_edits_every_copy_and_wakes_the_agent(fake, service):
     approval = await submit(service, payload={"path": "build/"})
     msg_a = await posted(fake, CHAT_A, approval.id)
     msg_b = await posted(fake, CHAT_B, approval.id)
-    assert msg_a.button_texts == ["✅ Approve", "❌ Deny"]
+    assert msg_a.button_texts == ["✅ Approve", "❌ Deny", "♾️ Always", "💬 Deny with reason",
+                                  "✏️ Edit"]
     waiter = asyncio.create_task(service.manager.wait(approval.id, 30))
     query = fake.tap(CHAT_A, msg_a.message_id, ALICE, button_text="✅ Approve")
     decided = await asyncio.wait_for(waiter, 10)

@@ -55,7 +55,8 @@ async def create_approval(request: web.Request) -> web.Response:
         agent=spec.agent, kind=spec.kind, summary=spec.summary, payload=spec.payload,
         ttl_seconds=spec.ttl_seconds, run_id=spec.run_id,
         idempotency_key=scoped_key(spec.idempotency_key, caller(request).uid),
-        submitter_uid=caller(request).uid))
+        submitter_uid=caller(request).uid, accepts_edits=spec.accepts_edits,
+        required_approvals=spec.required_approvals, requested_by=spec.requested_by))
     return respond(approval, 201 if created else 200)
 
 
@@ -121,7 +122,10 @@ ROUTES = [
                       "different one. 404 if run_id names no run. A payload over 64 KiB "
                       "(compact JSON) is refused with 413. The kinds the bot itself posts "
                       "(budget.grant, tool_call) and the agent name tapgate are reserved "
-                      "(422)."),
+                      "(422). A request that a live rule matches is created already "
+                      "approved (201, status approved, decided_by rule:<id>). With "
+                      "accepts_edits the approver may approve an edited request: "
+                      "edited_payload then holds it, and the submitter must run that."),
     Route("GET", "/v1/approvals", list_approvals, "List approval requests, newest first",
           "approvals", response=Items[Approval], query=ApprovalQuery),
     Route("GET", "/v1/approvals/{id}", get_approval, "Read an approval request (long-poll)",

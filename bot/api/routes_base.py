@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from bot.api.schemas import Index, Key
+from bot.api.schemas import Index, Key, RuleId
 from bot.approvals import ApprovalManager
 from bot.governance import Governance
 from bot.pricing import Pricer
@@ -72,7 +72,7 @@ class Route:
 
 # Path parameters, by name: validated by handlers, documented by the OpenAPI builder.
 PATH_PARAMS: dict[str, Any] = {"id": Key, "index": Index, "namespace": Key, "key": Key,
-                               "name": Key}
+                               "name": Key, "rule_id": RuleId}
 _PATH_ADAPTERS = {name: TypeAdapter(tp) for name, tp in PATH_PARAMS.items()}
 
 

@@ -38,6 +38,7 @@ from storage.records import (
 
 MAX_WAIT = 300.0
 MAX_TTL = 30 * 86400.0
+MAX_RULE_TTL = 366 * 86400.0
 MAX_PAYLOAD = 64 * 1024
 MAX_BODY = 1024 * 1024
 MAX_SUMMARY = 500
@@ -57,6 +58,7 @@ Summary = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SUMMARY,
 Tokens = Annotated[int, Field(ge=0, le=MAX_TOKENS)]
 Dollars = Annotated[float, Field(ge=0, le=MAX_DOLLARS)]
 Index = Annotated[int, Field(ge=0, le=MAX_INT32)]
+RuleId = Annotated[int, Field(ge=1, le=2**63 - 1)]
 
 
 def _utc(value: datetime) -> datetime:
@@ -114,6 +116,15 @@ class ApprovalCreate(Wire):
                                       description="default: the service's TTL (24 h)")
     run_id: Key | None = None
     idempotency_key: Key | None = None
+    accepts_edits: bool = Field(
+        False, description="the submitter runs an approver's edited request (it reads "
+                           "edited_payload); false: an approver's Edit is refused")
+    required_approvals: int | None = Field(
+        None, ge=1, le=10, description="distinct approvers needed; one deny decides "
+                                       "(default TAPGATE_DEFAULT_REQUIRED_APPROVALS)")
+    requested_by: int | None = Field(
+        None, ge=1, le=2**53, description="the Telegram user id this request acts for: "
+                                          "their own approval does not count")
 
 
 class ApprovalCancel(Wire):
@@ -130,6 +141,28 @@ class ApprovalQuery(Wire):
 class WaitQuery(Wire):
     wait: float | None = Field(None, ge=0, le=MAX_WAIT,
                                description="hold the response until final or this many seconds")
+
+
+# --- rules -------------------------------------------------------------------------------
+
+
+class RuleCreate(Wire):
+    """``POST /v1/rules``: approve the agent's requests of ``kind`` whose summary ``match``
+    globs (``*`` is the only wildcard), in run ``run_id`` only when given, for
+    ``ttl_seconds`` when given (else until revoked)."""
+
+    agent: Key
+    kind: Key
+    match: Summary = Field(description="a glob on the request's summary; * is the only "
+                                       "wildcard")
+    run_id: Key | None = Field(None, description="only requests of this run (a session rule)")
+    ttl_seconds: float | None = Field(None, ge=1, le=MAX_RULE_TTL,
+                                      description="the rule ends after this long (default: "
+                                                  "never, until revoked)")
+
+
+class RuleQuery(Wire):
+    all: bool = Field(False, description="include revoked and expired rules")
 
 
 # --- runs, steps, tool calls, checkpoints -------------------------------------------------
@@ -303,11 +336,29 @@ class Items(BaseModel, Generic[T]):
     items: list[T]
 
 
+class LeaderInfo(BaseModel):
+    host: str
+    pid: int
+    since: str | None = Field(None, description="when it took the lead (UTC)")
+
+
+class InstanceInfo(BaseModel):
+    id: str
+    host: str
+    pid: int
+    started_at: str
+    leader: bool
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
     database: Literal["sqlite", "postgresql"]
     pending: int
+    leader: LeaderInfo | None = Field(None, description="the instance that polls Telegram "
+                                      "and pays the outbox (null: none alive right now)")
+    instances_alive: int = 1
+    this_instance: InstanceInfo | None = None
 
 
 class ErrorBody(BaseModel):

@@ -22,7 +22,7 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import ValidationError
 
-from bot.api import routes_approvals, routes_ledger, routes_memory, routes_runs
+from bot.api import routes_approvals, routes_ledger, routes_memory, routes_rules, routes_runs
 from bot.api.openapi import build_openapi
 from bot.api.routes_base import (
     API,
@@ -83,7 +83,10 @@ class SocketInUse(TapgateError):
 async def health(request: web.Request) -> web.Response:
     ctx = api(request)
     pending = await ctx.store.run(ctx.store.count_approvals, "pending")
-    return respond(Health(version=ctx.version, database=ctx.database, pending=pending))
+    cluster = request.app.get(CLUSTER)  # who leads, how many are alive (bot.cluster)
+    extra = await cluster() if cluster is not None else {}
+    return respond(Health(version=ctx.version, database=ctx.database, pending=pending,
+                          **extra))
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -91,11 +94,13 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 OPENAPI = web.AppKey("tapgate_openapi", bytes)
+CLUSTER = web.AppKey("tapgate_cluster", object)  # async () -> the cluster fields of Health
 ROUTES: list[Route] = [
     *routes_approvals.ROUTES,
     *routes_runs.ROUTES,
     *routes_ledger.ROUTES,
     *routes_memory.ROUTES,
+    *routes_rules.ROUTES,
     Route("GET", "/v1/health", health, "Liveness, version, backend and pending count", "meta",
           response=Health),
     Route("GET", "/v1/openapi.json", openapi, "This document", "meta"),

@@ -9,7 +9,8 @@ Answer: ``{"hookSpecificOutput": {"hookEventName": "PermissionRequest", "decisio
 {"behavior": "allow"}}}`` or ``{"behavior": "deny", "message": "..."}``. Codex's schema
 (``codex-rs/hooks/schema/generated/permission-request.command.output.schema.json``)
 refuses unknown keys at every level, and ``updatedInput`` or ``interrupt: true`` make
-the hook fail closed, so only these are printed. No decision (``{}``, or only a
+the hook fail closed, so only these are printed, and the hook tells the bot it cannot
+take an approver's edit (the bot then refuses the Edit button). No decision (``{}``, or only a
 ``systemMessage``) sends the request down Codex's normal approval path: that is ``ask``.
 """
 
@@ -24,6 +25,8 @@ class Codex:
     agent = "codex"
     default_event = "PermissionRequest"
     has_ask = True
+    accepts_edits = False  # Codex fails closed on updatedInput
+    session_end = None  # Codex has no hook at the end of a session
 
     def parse(self, event: dict[str, Any]) -> HookRequest:
         return tool_request(event, self.default_event, ("turn_id", "model", "permission_mode"))

@@ -46,10 +46,14 @@ class HookInputError(ValueError):
 @dataclass(frozen=True)
 class Verdict:
     """What the hook answers: ``allow``, ``deny``, ``ask`` (the agent asks locally) or
-    ``pass`` (no opinion: the agent decides as if there were no hook), and why."""
+    ``pass`` (no opinion: the agent decides as if there were no hook), and why.
+
+    ``updated_input``: with ``allow``, the tool input to run instead of the agent's (the
+    approver edited it); only for adapters that declare ``accepts_edits``."""
 
     decision: Decision
     reason: str = ""
+    updated_input: dict[str, Any] | None = None
 
 
 @dataclass
@@ -72,6 +76,8 @@ class Adapter(Protocol):
     agent: str  # the approval's ``agent``
     default_event: str  # the event assumed when stdin is too broken to name one
     has_ask: bool  # False: an ``ask`` fallback is answered as deny (the agent cannot ask)
+    accepts_edits: bool  # the agent runs a tool input the hook rewrote (an approver's edit)
+    session_end: str | None  # the event that ends a session (its run completes), if any
 
     def parse(self, event: dict[str, Any]) -> HookRequest:
         """The request in ``event``; :class:`HookInputError` when it is not one."""
@@ -161,6 +167,8 @@ def _fall_back(fallback: str, why: str) -> Verdict:
 
 def _decide(adapter: Adapter, event: dict[str, Any], args: Any, fallback: str) -> Verdict:
     """Everything between the event and the verdict; raises on any failure."""
+    if adapter.session_end and event.get("hook_event_name") == adapter.session_end:
+        return _end_session(event, args)
     request = adapter.parse(event)
     only = getattr(args, "only", None)
     if only:
@@ -193,7 +201,10 @@ def _decide(adapter: Adapter, event: dict[str, Any], args: Any, fallback: str) -
         body = {"agent": adapter.agent, "kind": request.tool_name[:MAX_KEY],
                 "summary": summarize(request), "payload": payload_of(request),
                 "ttl_seconds": ttl, "run_id": _run_for(sock, request),
-                "idempotency_key": _key(request.tool_use_id)}
+                "idempotency_key": _key(request.tool_use_id),
+                # Without it the bot refuses an approver's Edit: the agent would run the
+                # original, not what was approved.
+                "accepts_edits": True if adapter.accepts_edits else None}
         submitted = sock.call("POST", "/v1/approvals", {k: v for k, v in body.items()
                                                         if v is not None})
     finally:
@@ -209,11 +220,41 @@ def _decide(adapter: Adapter, event: dict[str, Any], args: Any, fallback: str) -
             approval = client.wait_for_decision(approval, timeout=ttl + WAIT_GRACE)
         except ClientError as exc:
             return _fall_back(fallback, f"waiting for {approval.id}: {exc}")
-    return _verdict(approval, fallback)
+    return _verdict(approval, fallback, request, adapter.accepts_edits)
 
 
-def _verdict(approval: Any, fallback: str) -> Verdict:
+def _end_session(event: dict[str, Any], args: Any) -> Verdict:
+    """The agent's session ended: complete its run, which ends the session's rules ("This
+    session" taps). Nothing to decide, so the answer is always "no opinion"."""
+    session = event.get("session_id")
+    run_id = _key(session) if isinstance(session, str) else None
+    if run_id is None:
+        return Verdict("pass")
+    try:
+        from bot.client_settings import load_client_settings
+
+        settings = load_client_settings(getattr(args, "env_file", None))
+        sock = LightSocket(str(getattr(args, "socket", None) or settings.socket_path),
+                           settings.server_uid)
+        try:
+            sock.call("POST", "/v1/runs/" + quote(run_id, safe="") + "/complete")
+        finally:
+            sock.close()
+    except SocketError as exc:
+        if exc.status not in (404, 409):  # no run (nothing was asked), or already complete
+            return Verdict("pass", f"could not complete run {run_id}: {exc}")
+    except Exception as exc:  # noqa: BLE001 (a session's end must never fail the agent)
+        return Verdict("pass", f"could not complete run {run_id}: {type(exc).__name__}: {exc}")
+    return Verdict("pass")
+
+
+def _verdict(approval: Any, fallback: str, request: HookRequest | None = None,
+             accepts_edits: bool = False) -> Verdict:
     who = approval.decided_by or "an approver"
+    if approval.status == "approved" and approval.edited_payload is not None:
+        from bot.integrations.edits import edited_verdict
+
+        return edited_verdict(approval, who, request, accepts_edits)
     if approval.status == "approved":
         return Verdict("allow", f"Approved by {who} via Tapgate ({approval.id})")
     if approval.status == "denied":

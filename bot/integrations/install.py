@@ -4,12 +4,13 @@ Each agent reads command hooks from a JSON file of the same shape,
 ``{"hooks": {EVENT: [{"matcher": REGEX, "hooks": [{"type": "command", ...}]}]}}``:
 
 - Claude Code: ``~/.claude/settings.json`` (user), ``.claude/settings.json`` (project),
-  ``.claude/settings.local.json`` (local); event PreToolUse or PermissionRequest;
+  ``.claude/settings.local.json`` (local); event PreToolUse or PermissionRequest, and
+  SessionEnd (the session's run completes, ending its "this session" rules);
   ``timeout`` in seconds; ``"onFailure": "block"`` so a hook that cannot answer blocks.
 - Codex: ``$CODEX_HOME/hooks.json`` (default ``~/.codex``) or ``.codex/hooks.json``;
   event PermissionRequest; ``timeout`` in seconds (``codex-rs/config/src/hook_config.rs``).
 - Gemini CLI: ``~/.gemini/settings.json`` or ``.gemini/settings.json``; event
-  BeforeTool; ``timeout`` in milliseconds.
+  BeforeTool, and SessionEnd as for Claude Code; ``timeout`` in milliseconds.
 
 Our entry is recognised by its command (``... hook AGENT ...``), so ``uninstall``
 removes exactly what ``install`` added and every other setting and hook stays.
@@ -34,6 +35,7 @@ from storage.errors import TapgateError
 
 # The hook answers within the request's TTL; the agent must not kill it first.
 TIMEOUT_MARGIN_S = 30
+SESSION_END_TIMEOUT_S = 10  # one call to the bot; the agent is exiting
 
 
 class InstallError(TapgateError):
@@ -55,6 +57,9 @@ class Agent:
     # Gemini CLI runs hooks "with a sanitized environment" (docs/hooks/index.md), so the
     # XDG variables the default socket path is computed from may be missing there.
     sanitized_env: bool = False
+    # The event at the end of a session: the hook completes the session's run there, so
+    # the rules an approver made for "this session" end with it.
+    session_end: str | None = None
 
     def home(self) -> Path:
         """The agent's per-user directory."""
@@ -69,11 +74,12 @@ AGENTS = {
                          {"project": ".claude/settings.json",
                           "local": ".claude/settings.local.json"},
                          ("PreToolUse", "PermissionRequest"), 1,
-                         (("onFailure", "block"),)),
+                         (("onFailure", "block"),), session_end="SessionEnd"),
     "codex": Agent("codex", "hooks.json", {"project": ".codex/hooks.json"},
                    ("PermissionRequest",), 1),
     "gemini": Agent("gemini", "settings.json", {"project": ".gemini/settings.json"},
-                    ("BeforeTool",), 0.001, (("name", "tapgate"),), sanitized_env=True),
+                    ("BeforeTool",), 0.001, (("name", "tapgate"),), sanitized_env=True,
+                    session_end="SessionEnd"),
 }
 
 
@@ -262,15 +268,16 @@ def remove_ours(data: dict[str, Any], agent: str, path: Path) -> int:
     return removed
 
 
-def _installed(data: dict[str, Any], agent: str, event: str, group: dict[str, Any]) -> bool:
-    """True when ``group`` is already the only place our hook for ``agent`` sits."""
+def _installed(data: dict[str, Any], agent: str, wanted: dict[str, dict[str, Any]]) -> bool:
+    """True when our hook for ``agent`` sits exactly in the ``wanted`` groups (one per
+    event) and nowhere else."""
     hooks = data.get("hooks")
     if not isinstance(hooks, dict):
         return False
     places = [(name, g) for name, groups in hooks.items() if isinstance(groups, list)
               for g in groups if isinstance(g, dict) and isinstance(g.get("hooks"), list)
               for h in g["hooks"] if is_ours(h, agent)]
-    return len(places) == 1 and places[0][0] == event and places[0][1] == group
+    return len(places) == len(wanted) and all(wanted.get(e) == g for e, g in places)
 
 
 # --- the commands -----------------------------------------------------------------------------
@@ -310,20 +317,27 @@ def install(args: argparse.Namespace, settings: Settings | None) -> int:
     handler.update(agent.extra)
     group: dict[str, Any] = {"matcher": args.matcher} if args.matcher else {}
     group["hooks"] = [handler]
+    wanted = {event: group}
+    if agent.session_end:  # no matcher: the event is not about a tool
+        ending = {**handler, "timeout": round(SESSION_END_TIMEOUT_S / agent.timeout_unit_s)}
+        ending.pop("onFailure", None)  # nothing to block at the end of a session
+        wanted[agent.session_end] = {"hooks": [ending]}
 
     data, before = read_settings(path)
-    where = f"the {agent.name} hook in {path} ({event}, timeout {timeout_s} s)"
-    if _installed(data, agent.name, event, group):
+    events = " + ".join(wanted)
+    where = f"the {agent.name} hook in {path} ({events}, timeout {timeout_s} s)"
+    if _installed(data, agent.name, wanted):
         if args.dry_run:
             sys.stdout.write(before if before is not None else render(data))
         print(f"already installed: {where}", file=sys.stderr if args.dry_run else sys.stdout)
         return 0
     replaced = remove_ours(data, agent.name, path)
     hooks = data.setdefault("hooks", {})
-    groups = hooks.setdefault(event, [])
-    if not isinstance(groups, list):
-        raise InstallError(f"{path}: hooks.{event} is not a list; nothing was changed")
-    groups.append(group)
+    for name, wanted_group in wanted.items():
+        groups = hooks.setdefault(name, [])
+        if not isinstance(groups, list):
+            raise InstallError(f"{path}: hooks.{name} is not a list; nothing was changed")
+        groups.append(wanted_group)
     _emit(path, render(data), args.dry_run)
     verb = "updated" if replaced else "installed"
     if args.dry_run:

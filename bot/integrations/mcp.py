@@ -6,7 +6,8 @@ other agent. stdout carries the protocol, so every message of ours (settings err
 logs) goes to stderr.
 
 Tools: ``request_approval`` (waits for the decision, reporting progress while it does
-when the client sent a progress token), ``get_approval`` (for clients that time out
+when the client sent a progress token; with ``accepts_edits`` an approver may approve an
+edited payload, returned as ``edited_payload``), ``get_approval`` (for clients that time out
 long tool calls: submit with ``wait=false``, then poll) and ``spend``.
 
 ``tapgate mcp install claude-code`` registers the server the way ``claude mcp add``
@@ -51,7 +52,9 @@ INSTRUCTIONS = (
     "Ask a human (over Telegram) before doing something risky: call request_approval "
     "with a short kind (e.g. 'shell', 'deploy') and a one-line summary a person can judge "
     "at a glance, and act only if the status is 'approved'. A denial's reason is the "
-    "person's answer to you."
+    "person's answer to you. If you can carry out a changed version, pass "
+    "accepts_edits=true: an approval may then come with edited_payload, which is what you "
+    "must do instead."
 )
 
 
@@ -62,11 +65,14 @@ class Decision(BaseModel):
     status: str = Field(description="pending, approved, denied, expired or cancelled")
     reason: str | None = Field(None, description="the approver's reason, if any")
     decided_by: str | None = Field(None, description="who decided, once decided")
+    edited_payload: Any = Field(None, description="approved with an edit (only when "
+                                                  "accepts_edits was true): the payload "
+                                                  "to act on instead of yours")
 
     @classmethod
     def of(cls, approval: Approval) -> Decision:
         return cls(id=approval.id, status=approval.status, reason=approval.reason,
-                   decided_by=approval.decided_by)
+                   decided_by=approval.decided_by, edited_payload=approval.edited_payload)
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -105,13 +111,19 @@ def build_server(settings: Settings) -> MCPServer:
         wait: Annotated[bool, Field(description="wait for the decision (false: return the "
                                                 "pending id at once; poll get_approval)")]
         = True,
+        accepts_edits: Annotated[bool, Field(description="true if you will act on "
+                                                         "edited_payload when the approver "
+                                                         "approves an edited version (else "
+                                                         "they cannot edit)")]
+        = False,
     ) -> Decision:
         """Ask a human to approve an action; by default waits for the decision.
 
-        Act only when the returned status is 'approved'."""
+        Act only when the returned status is 'approved'; if it carries an edited_payload,
+        do that instead of what you asked."""
         async with bot() as client:
             approval = await client.request_approval(_agent_name(ctx), kind, summary, payload,
-                                                     ttl_seconds)
+                                                     ttl_seconds, accepts_edits=accepts_edits)
             log.info("request %s submitted (%s: %s)", approval.id, kind, summary)
             if wait and not approval.is_final:
                 approval = await _wait_reporting(client, approval, ctx)

@@ -32,7 +32,7 @@ from bot.telegram.notifier import TelegramNotifier
 from bot.window import describe as window_label
 from bot.window import parse_instant
 from storage.approvals import parse_callback_data
-from storage.errors import AlreadyFinal, InvalidArgument, NotFound
+from storage.errors import AlreadyFinal, AlreadyVoted, InvalidArgument, NotFound, SelfApproval
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class FrontEnd:
     gate: Gate
     refusals: Refusals = field(default_factory=Refusals)
     extras: dict[str, Any] = field(default_factory=dict)
+    session_rule_ttl: float = 8 * 3600.0  # TAPGATE_SESSION_RULE_TTL
+    digest: Any = None  # bot.telegram.rule_digest.RuleDigest, once wired
 
 
 def front(context: ContextTypes.DEFAULT_TYPE) -> FrontEnd:
@@ -95,21 +97,35 @@ def guarded(handler: Handler) -> Handler:
     return run
 
 
-@guarded
-async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """A tap on Approve or Deny."""
-    query = update.callback_query
-    fe = front(context)
+async def tap_allowed(query, fe: FrontEnd) -> bool:
+    """True if the tapper may decide in this chat; otherwise the query is answered with
+    a refusal (and the refusal logged). Every button goes through this first
+    (:func:`bot.telegram.decisions.on_callback`)."""
     user = query.from_user
     message = query.message
     access = fe.gate.check(user, message.chat if message is not None else None)
-    if access is not Access.ALLOWED:
-        log.warning("refused tap by %s in chat %s (%s) on %r", user and describe(user),
-                    message and message.chat.id, access.value, query.data)
-        text = (render.REFUSE_TAP_STRANGER if access is Access.STRANGER
-                else render.REFUSE_TAP_ELSEWHERE)
-        await _answer(query, text, alert=True)
-        return
+    if access is Access.ALLOWED:
+        return True
+    log.warning("refused tap by %s in chat %s (%s) on %r", user and describe(user),
+                message and message.chat.id, access.value, query.data)
+    text = (render.REFUSE_TAP_STRANGER if access is Access.STRANGER
+            else render.REFUSE_TAP_ELSEWHERE)
+    await _answer(query, text, alert=True)
+    return False
+
+
+async def answer_already(query, fe: FrontEnd, approval) -> None:
+    """A tap on a request that is already final: say how it ended, and repair the
+    tapped message if it still shows buttons."""
+    await _answer(query, render.already_answer(approval))
+    message = query.message
+    if message is not None and getattr(message, "reply_markup", None) is not None:
+        fe.notifier.repair(message.chat.id, message.message_id, approval)
+
+
+async def decide_by_tap(query, fe: FrontEnd) -> None:
+    """A tap on Approve or Deny (``appr:<id>:approve|deny``), by an allowed user."""
+    user = query.from_user
     try:
         approval_id, status = parse_callback_data(query.data or "")
         approval = await fe.manager.resolve(approval_id, status, describe(user))
@@ -121,9 +137,10 @@ async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
         await _answer(query, render.UNKNOWN_REQUEST)
         return
     except AlreadyFinal as exc:
-        await _answer(query, render.already_answer(exc.approval))
-        if message is not None and getattr(message, "reply_markup", None) is not None:
-            fe.notifier.repair(message.chat.id, message.message_id, exc.approval)
+        await answer_already(query, fe, exc.approval)
+        return
+    except (AlreadyVoted, SelfApproval) as exc:  # a request needing several approvers
+        await _answer(query, render.vote_refused(exc), alert=True)
         return
     await asyncio.sleep(0)  # let the woken agents' waits return before we build the answer
     await _answer(query, render.decided_answer(approval))
@@ -196,6 +213,9 @@ async def _decide(update: Update, context: ContextTypes.DEFAULT_TYPE, status: st
         return
     except AlreadyFinal as exc:
         await _reply(update, render.already_reply(exc.approval))
+        return
+    except (AlreadyVoted, SelfApproval) as exc:
+        await _reply(update, render.esc(render.vote_refused(exc)))
         return
     await _reply(update, render.decided_reply(approval))
 

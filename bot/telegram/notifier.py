@@ -21,7 +21,7 @@ import contextlib
 import html
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from telegram import Bot, InlineKeyboardMarkup, Message
@@ -43,6 +43,10 @@ TEXT_ERRORS = ("can't parse entities", "message is too long", "text is too long"
                "entities_too_long", "message_too_long")
 DIGEST_MIN = 3
 _TAG = re.compile(r"<[^>]+>")
+
+
+class NotLeading(Exception):
+    """The fence refused a send: another instance may lead now (see bot.cluster)."""
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -105,6 +109,9 @@ class TelegramNotifier:
         self._repairs: set[asyncio.Task] = set()
         self._wake: dict[int, asyncio.Event] = {}
         self._running = False
+        # Several instances: before every post or edit, whether this instance still
+        # leads (bot.cluster's lease); None: always (a single instance).
+        self.fence: Callable[[], Awaitable[bool]] | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -154,6 +161,11 @@ class TelegramNotifier:
         wake = self._wake.get(chat_id)
         if wake is not None:
             wake.set()
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop(): this instance posts (it leads)."""
+        return self._running
 
     @property
     def idle(self) -> bool:
@@ -235,9 +247,14 @@ class TelegramNotifier:
             await self._give_up(ref, approval, exc)
             return
         await self._record(ref.chat_id, lambda: self.store.record_message(
-            ref.id, approval.status, message.message_id))
+            ref.id, approval.shown_as, message.message_id))
+
+    async def _fenced(self) -> None:
+        if self.fence is not None and not await self.fence():
+            raise NotLeading("this instance no longer leads: it sends nothing")
 
     async def _send(self, chat_id: int, approval: Approval) -> Message:
+        await self._fenced()
         markup = None if approval.is_final else render.request_keyboard(approval)
         try:
             return await self.bot.send_message(chat_id, render.request_text(approval),
@@ -263,10 +280,11 @@ class TelegramNotifier:
                 return
             log.debug("edit of %s/%s: %s", chat_id, message_id, exc)
         if ref is not None:
-            await self.store.run(self.store.record_message, ref.id, approval.status)
+            await self.store.run(self.store.record_message, ref.id, approval.shown_as)
 
     async def _edit_text(self, chat_id: int, message_id: int, approval: Approval,
                          markup: InlineKeyboardMarkup | None) -> None:
+        await self._fenced()
         try:
             await self.bot.edit_message_text(render.request_text(approval), chat_id=chat_id,
                                              message_id=message_id, parse_mode=render.PARSE_MODE,
@@ -284,6 +302,7 @@ class TelegramNotifier:
         """One message listing the requests decided before their copy was posted here;
         their copies are then settled without a message of their own."""
         text = render.outcomes_digest([(b.approval_id, b.kind, b.status) for b in backlog])
+        await self._fenced()
         try:
             await self.bot.send_message(chat_id, text, parse_mode=render.PARSE_MODE)
         except BadRequest as exc:
@@ -313,7 +332,7 @@ class TelegramNotifier:
         moved on meanwhile), so it never holds up the copies behind it."""
         log.error("Telegram refused message %s of approval %s in chat %s: %s",
                   ref.id, ref.approval_id, ref.chat_id, exc)
-        await self.store.run(self.store.give_up_message, ref.id, approval.status)
+        await self.store.run(self.store.give_up_message, ref.id, approval.shown_as)
 
     # --- repairs ----------------------------------------------------------------------
 

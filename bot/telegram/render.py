@@ -19,6 +19,7 @@ from typing import Any
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 
+from bot.rules import editable_field
 from bot.telegram.fit import (
     MAX_ANSWER,
     MAX_TEXT,
@@ -31,7 +32,9 @@ from bot.telegram.fit import (
     visible_length,
 )
 from bot.telegram.render_spend import spend_caption, spend_error, spend_table
+from storage.errors import SelfApproval
 from storage.records import Approval
+from storage.rules import NEVER_RULED
 
 __all__ = [
     "MAX_ANSWER", "MAX_TEXT", "PARSE_MODE", "already_answer", "callback_data", "decided_answer",
@@ -57,12 +60,29 @@ PAYLOAD_NOTE = "\n✂️ <i>Payload truncated: showing {shown:,} of {total:,} ch
 REASON_NOTE = "\n✂️ <i>Reason truncated: showing {shown:,} of {total:,} characters.</i>"
 
 
+RULE_DECIDER = re.compile(r"^rule:(\d+) \((.+)\)$")
+EDITED_MAX = 600  # the edited value an outcome shows (the full value is stored)
+
+
 def who(decided_by: str | None) -> str:
-    """``telegram:123 (@alice)`` → ``@alice``; other deciders as they are (one line, bounded)."""
+    """``telegram:123 (@alice)`` → ``@alice``; ``rule:12 (@alice)`` → ``rule #12 (made by
+    @alice)``; other deciders as they are (one line, bounded)."""
     if not decided_by:
         return "unknown"
+    rule = RULE_DECIDER.match(decided_by)
+    if rule:
+        return clip(one_line(f"rule #{rule.group(1)} (made by {rule.group(2)})"), WHO_MAX)
     match = re.search(r"\((.+)\)$", decided_by)
     return clip(one_line(match.group(1) if match else decided_by), WHO_MAX)
+
+
+def edited_value(approval: Approval) -> str | None:
+    """The edited part of a request approved with an edit (plain text), else None."""
+    edited = approval.edited_payload
+    if approval.status != "approved" or edited is None:
+        return None
+    found = editable_field(edited)
+    return found[1] if found is not None else payload_text(edited)
 
 
 def payload_text(payload: Any) -> str:
@@ -83,14 +103,25 @@ def _field(value: str) -> str:
 
 
 def request_keyboard(approval: Approval) -> InlineKeyboardMarkup:
-    """Approve / Deny; a budget alert's Approve grants more budget."""
-    yes, no = ("✅ Approve", "❌ Deny")
+    """Approve / Deny; 🔁 This session (with a run) / ♾️ Always (kinds rules may decide);
+    💬 Deny with reason / ✏️ Edit (when the request has an editable part). A budget
+    alert keeps its two buttons: grant more budget, or keep it as is."""
+    def button(text: str, action: str, style: str | None = None) -> InlineKeyboardButton:
+        return InlineKeyboardButton(text, callback_data=callback_data(approval.id, action),
+                                    style=style)
+
     if approval.kind == GRANT_KIND:
-        yes, no = ("➕ Grant +50% budget", "✋ Keep as is")
-    return InlineKeyboardMarkup([[
-        InlineKeyboardButton(yes, callback_data=callback_data(approval.id, "approve")),
-        InlineKeyboardButton(no, callback_data=callback_data(approval.id, "deny")),
-    ]])
+        return InlineKeyboardMarkup([[button("➕ Grant +50% budget", "approve"),
+                                      button("✋ Keep as is", "deny")]])
+    rows = [[button("✅ Approve", "approve", "success"), button("❌ Deny", "deny", "danger")]]
+    if approval.required_approvals > 1:  # each approver approves it as it is: no rule, no edit
+        return InlineKeyboardMarkup(rows + [[button("💬 Deny with reason", "reason")]])
+    if approval.kind not in NEVER_RULED:
+        rows.append(([button("🔁 This session", "session")] if approval.run_id else [])
+                    + [button("♾️ Always", "always")])
+    rows.append([button("💬 Deny with reason", "reason")]
+                + ([button("✏️ Edit", "edit")] if editable_field(approval.payload) else []))
+    return InlineKeyboardMarkup(rows)
 
 
 def outcome_line(approval: Approval, reason_room: int | None = None) -> str:
@@ -99,12 +130,22 @@ def outcome_line(approval: Approval, reason_room: int | None = None) -> str:
     status = approval.status
     icon, word = OUTCOME_ICON[status], OUTCOME_WORD[status]
     if status == "pending":
-        return f"{icon} <b>{word}</b> · expires {fmt_time(approval.expires_at)}"
+        line = f"{icon} <b>{word}</b> · expires {fmt_time(approval.expires_at)}"
+        if approval.required_approvals > 1:
+            line += f"\n{progress(approval)}"
+        if approval.escalated_at is not None:
+            line += "\n⏫ <b>escalated</b>"
+        return line
     if status == "expired":
         return f"{icon} <b>{word}</b>\n<i>{fmt_time(approval.decided_at or approval.expires_at)}</i>"
     line = f"{icon} <b>{word}</b>"
     if status in ("approved", "denied"):
         line = f"{icon} <b>{word} by {esc(who(approval.decided_by))}</b>"
+    if status == "approved" and approval.required_approvals > 1:
+        line = f"{icon} <b>{word} by {_approvers(approval)}</b>"
+    edited = edited_value(approval)
+    if edited is not None:  # the approver's words: quoted, bounded
+        line += f", ✏️ <b>edited</b>:<pre>{esc(clip(edited, EDITED_MAX))}</pre>"
     if approval.reason:
         # Inline after "Denied by …:"; a withdrawal's reason may be an agent's words, which
         # must not start lines of their own.
@@ -171,6 +212,8 @@ def already_answer(approval: Approval) -> str:
     status = approval.status
     if status in ("approved", "denied"):
         text = f"Already {status} by {who(approval.decided_by)}"
+        if edited_value(approval) is not None:
+            text += " (edited)"
         if approval.reason:
             text += f": {approval.reason}"
     elif status == "expired":
@@ -183,7 +226,36 @@ def already_answer(approval: Approval) -> str:
 
 
 def decided_answer(approval: Approval) -> str:
+    if approval.status == "pending" and approval.required_approvals > 1:
+        return (f"✅ Counted: {len(approval.approvals)} of {approval.required_approvals} "
+                "approvals")
     return f"{OUTCOME_ICON[approval.status]} {OUTCOME_WORD[approval.status]}"
+
+
+def _approvers(approval: Approval) -> str:
+    names = ", ".join(who(v.by) for v in approval.approvals) or "nobody yet"
+    return esc(clip(names, WHO_MAX * 2))
+
+
+def progress(approval: Approval) -> str:
+    """``✅ 1 of 2: @alice`` for a request that needs several approvers (HTML)."""
+    line = f"✅ {len(approval.approvals)} of {approval.required_approvals}"
+    if approval.approvals:
+        line += f": {_approvers(approval)}"
+    if approval.requested_by is not None:
+        line += f"\n<i>for user {approval.requested_by}, whose own approval does not count</i>"
+    return line
+
+
+def vote_refused(error) -> str:
+    """The popup for an approval that did not count (a second tap, the requester's own)."""
+    approval = error.approval
+    if isinstance(error, SelfApproval):
+        return clip("🚫 This request acts for you: your approval does not count (separation "
+                    f"of duties). It needs {approval.required_approvals} other approvers.",
+                    MAX_ANSWER)
+    return clip(f"You already approved this. It needs {approval.required_approvals} distinct "
+                f"approvers ({len(approval.approvals)} so far).", MAX_ANSWER)
 
 
 def decided_reply(approval: Approval) -> str:
@@ -271,10 +343,14 @@ def refusal(stranger: bool, user_id: int | None) -> str:
 
 HELP = (
     "<b>Tapgate</b> asks you before an AI agent acts.\n\n"
-    "Tap <b>Approve</b> or <b>Deny</b> on a request, or use:\n"
+    "Tap <b>Approve</b> or <b>Deny</b> on a request; 🔁 <b>This session</b> or ♾️ "
+    "<b>Always</b> approves it and the same request again (a rule); 💬 denies it with a "
+    "reason; ✏️ approves it edited. Or use:\n"
     "/pending – requests waiting for a decision\n"
     "/approve &lt;id&gt; – approve a request\n"
     "/deny &lt;id&gt; [reason] – deny a request\n"
+    "/rules – rules approving requests by themselves (revoke them there)\n"
+    "/revoke &lt;rule id&gt; – revoke a rule\n"
     "/spend [by] [since] [until] – what the agents cost "
     "(by: model, provider, day, name, metadata.KEY; since: today, 7d, 30d or a date)\n"
     "/help – this message"
@@ -284,6 +360,8 @@ COMMANDS = [
     ("pending", "Requests waiting for a decision"),
     ("approve", "Approve a request: /approve <id>"),
     ("deny", "Deny a request: /deny <id> [reason]"),
+    ("rules", "Rules that approve requests by themselves"),
+    ("revoke", "Revoke a rule: /revoke <rule id>"),
     ("spend", "What the agents cost: /spend [by] [since] [until]"),
     ("help", "How to use Tapgate"),
 ]
