@@ -258,7 +258,9 @@ async def test_commands_registered_and_updates_explicit(fake, service):
         if isinstance(call.params["commands"], str) else \
         [c["command"] for c in call.params["commands"]]
     assert {"pending", "approve", "deny", "spend", "help"} <= set(names)
-    # A getUpdates call is recorded when it returns: a long poll holds up to POLL_TIMEOUT (10 s).
+    # A getUpdates call is recorded when it returns: a long poll holds up to POLL_TIMEOUT
+    # (10 s) unless an update arrives, so one is sent.
+    fake.send_text(CHAT_A, ALICE, "/help")
     poll = await fake.wait_for("getUpdates", lambda c: "allowed_updates" in c.params, timeout=30)
     assert set(fake.allowed_updates) == {"message", "callback_query"}
     assert poll.ok
