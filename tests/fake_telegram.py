@@ -1674,13 +1674,7 @@ class FakeTelegram:
                     return []
                 if self._poll_token is not token:
                     raise _ApiError(409, CONFLICT_OTHER_POLL)
-                kept = []
-                for update in self._pending:
-                    if self._is_allowed(self._update_type(update)):
-                        kept.append(update)
-                    else:
-                        self.dropped_updates.append(update)
-                self._pending = kept
+                kept = self._keep_allowed()
                 if kept:
                     return copy.deepcopy(kept[:limit])
                 remaining = deadline - loop.time()
@@ -1744,6 +1738,18 @@ class FakeTelegram:
         query = f"?{parts.query}" if parts.query else ""
         return target.rstrip("/") + (parts.path or "/") + query
 
+    def _keep_allowed(self) -> list[dict[str, Any]]:
+        """Drop pending updates of types the bot did not ask for (as Telegram does);
+        return the rest, still pending."""
+        kept = []
+        for update in self._pending:
+            if self._is_allowed(self._update_type(update)):
+                kept.append(update)
+            else:
+                self.dropped_updates.append(update)
+        self._pending = kept
+        return kept
+
     async def _deliver_webhook(self) -> None:
         """While a webhook is set: POST the pending updates one at a time, in order, with
         the secret header. A non-2xx answer or a connection error is retried (the same
@@ -1751,13 +1757,7 @@ class FakeTelegram:
         timeout = aiohttp.ClientTimeout(total=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while self.webhook_url and not self._closing:
-                kept = []
-                for update in self._pending:
-                    if self._is_allowed(self._update_type(update)):
-                        kept.append(update)
-                    else:
-                        self.dropped_updates.append(update)
-                self._pending = kept
+                kept = self._keep_allowed()
                 if not kept or self._down:
                     event = self._changed
                     with contextlib.suppress(TimeoutError):

@@ -30,7 +30,6 @@ POLL_TIMEOUT = 10
 UPDATES_REQUEST = "tapgate_updates_request"
 STOP_GRACE = 2.0  # seconds running handlers get at shutdown before they are cancelled
 DIGEST_SWEEP = 10.0  # seconds: on start, and uses counted by another instance
-DEFAULT_SESSION_RULE_TTL = 8 * 3600.0
 
 
 def build_application(settings: Settings, manager: ApprovalManager, store: Store,
@@ -59,7 +58,7 @@ def build_application(settings: Settings, manager: ApprovalManager, store: Store
         manager=manager, store=store, notifier=notifier,
         gate=Gate(set(settings.approver_user_ids), settings.request_chat_ids),
         refusals=Refusals(), digest=digest,
-        session_rule_ttl=getattr(settings, "session_rule_ttl", DEFAULT_SESSION_RULE_TTL))
+        session_rule_ttl=settings.session_rule_ttl)
     _schedule_digest(app, digest)
     # Before every other handler, deciding nothing: a message from an approver chat
     # that refused the bot (the user unblocked it, or pressed /start) retries it now.
