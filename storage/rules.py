@@ -211,12 +211,6 @@ class RuleStore(StoreBase):
         with self.write():
             return self._live_update(rule_id, {"match": match}, now)
 
-    @unit_of_work
-    def retire_run_rules(self, run_id: str, by: str, now: datetime | None = None) -> list[Rule]:
-        """End the session rules of a run (its cancel or end does this too)."""
-        with self.write():
-            return retire_rules_of(run_id, by, now or self.clock())
-
     # --- digest lines -----------------------------------------------------------------
 
     @unit_of_work

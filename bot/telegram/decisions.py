@@ -37,13 +37,13 @@ from bot.telegram.handlers import (
     guarded,
     tap_allowed,
 )
+from storage.approvals import parse_action
 from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotFound
 from storage.records import Approval
 from storage.rules import NEVER_RULED, is_shell_kind
 
 log = logging.getLogger(__name__)
 
-REQUEST_DATA = re.compile(r"^appr:([A-Za-z0-9_-]{1,40}):(approve|deny|session|always|reason|edit)$")
 RULE_DATA = re.compile(r"^rule:([0-9]{1,18}):(revoke|keep|w[0-9])$")
 
 
@@ -60,12 +60,15 @@ async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     if not await tap_allowed(query, fe):
         return
     data = query.data or ""
-    request = REQUEST_DATA.match(data)
-    if request and request.group(2) in ("approve", "deny"):
-        await decide_by_tap(query, fe)
-        return
-    if request:
-        await _request_action(query, context, fe, request.group(1), request.group(2))
+    try:
+        approval_id, action = parse_action(data)
+    except InvalidArgument:
+        pass
+    else:
+        if action in ("approve", "deny"):
+            await decide_by_tap(query, fe)
+        else:
+            await _request_action(query, context, fe, approval_id, action)
         return
     rule = RULE_DATA.match(data)
     if rule:
@@ -239,7 +242,7 @@ async def on_reply(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if prompt.action == "edit":
         found = rules.editable_field(approval.payload)
         if found is None or not approval.accepts_edits:
-            await _reply(update, esc_line(rr.NOTHING_TO_EDIT))
+            await _reply(update, render.esc(rr.NOTHING_TO_EDIT))
             return
         edited = rules.with_edit(approval.payload, found[0], text)
     if not await fe.store.run(fe.store.answer_prompt, prompt.id):
@@ -256,13 +259,9 @@ async def on_reply(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         await _reply(update, render.already_reply(exc.approval))
         return
     except InvalidArgument as exc:
-        await _reply(update, esc_line(f"⚠️ {exc}"))
+        await _reply(update, render.esc(f"⚠️ {exc}"))
         return
     await _reply(update, render.decided_reply(decided))
-
-
-def esc_line(text: str) -> str:
-    return render.esc(text)
 
 
 # --- rules ----------------------------------------------------------------------------
