@@ -103,7 +103,8 @@ async def test_spend_of_a_year_by_day_fits(fake, service):
     assert utf16_len(text) <= 4096 and "more groups" in text
     total = next(line for line in text.splitlines() if line.startswith("TOTAL"))
     assert total.endswith(f"${365 * 1234.5678:,.4f}")  # every group counted in the total
-    await fake.wait_for("sendPhoto")
+    # The first chart of a fresh install builds matplotlib's font cache: allow for it.
+    await fake.wait_for("sendPhoto", timeout=60)
 
 
 async def test_spend_with_hundreds_of_long_keys_and_a_long_metadata_key_fits(fake, service):

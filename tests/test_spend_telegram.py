@@ -96,7 +96,7 @@ async def test_spend_window(fake, service):
 async def test_spend_day_sends_a_chart(fake, service):
     await load_ledger(service)
     fake.send_text(CHAT_A, ALICE, "/spend day")
-    call = await fake.wait_for("sendPhoto")
+    call = await fake.wait_for("sendPhoto", timeout=60)  # a fresh install builds the font cache
     message = fake.message(CHAT_A, call.response["result"]["message_id"])
     assert message.photo.startswith(b"\x89PNG")
     assert "Daily spend" in message.caption

@@ -112,6 +112,9 @@ class TelegramNotifier:
         # Several instances: before every post or edit, whether this instance still
         # leads (bot.cluster's lease); None: always (a single instance).
         self.fence: Callable[[], Awaitable[bool]] | None = None
+        # Forum topics (bot.topics.Topics): the thread of a chat a request is posted in;
+        # None: no topics (every message goes to the chat's main thread).
+        self.topics = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -253,18 +256,27 @@ class TelegramNotifier:
         if self.fence is not None and not await self.fence():
             raise NotLeading("this instance no longer leads: it sends nothing")
 
+    async def _thread(self, chat_id: int, approval: Approval) -> int | None:
+        """The forum topic of ``chat_id`` that ``approval`` is posted in (None: none)."""
+        if self.topics is None:
+            return None
+        return await self.topics.thread_for(chat_id, approval)
+
     async def _send(self, chat_id: int, approval: Approval) -> Message:
         await self._fenced()
         markup = None if approval.is_final else render.request_keyboard(approval)
+        thread = await self._thread(chat_id, approval)
         try:
             return await self.bot.send_message(chat_id, render.request_text(approval),
-                                               parse_mode=render.PARSE_MODE, reply_markup=markup)
+                                               parse_mode=render.PARSE_MODE, reply_markup=markup,
+                                               message_thread_id=thread)
         except BadRequest as exc:
             if not _says(exc, TEXT_ERRORS):
                 raise
             log.warning("Telegram refused the text of %s for chat %s (%s); posting plain text",
                         approval.id, chat_id, exc)
-        return await self.bot.send_message(chat_id, plain_text(approval), reply_markup=markup)
+        return await self.bot.send_message(chat_id, plain_text(approval), reply_markup=markup,
+                                           message_thread_id=thread)
 
     async def _edit(self, chat_id: int, message_id: int, approval: Approval,
                     ref: MessageRef | None) -> None:
