@@ -135,13 +135,13 @@ def _install(transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport,
 
 def sync_transport(path: str, expected_uid: int) -> httpx.HTTPTransport:
     """An httpx transport over the Unix socket ``path`` served by ``expected_uid`` only."""
-    transport = httpx.HTTPTransport(uds=path)
+    transport = httpx.HTTPTransport(uds=path, verify=False)  # plain HTTP on a Unix socket: skip the CA bundle (~0.15 s)
     _install(transport, _CheckedSyncBackend(expected_uid))
     return transport
 
 
 def async_transport(path: str, expected_uid: int) -> httpx.AsyncHTTPTransport:
     """The async counterpart of :func:`sync_transport`."""
-    transport = httpx.AsyncHTTPTransport(uds=path)
+    transport = httpx.AsyncHTTPTransport(uds=path, verify=False)  # no TLS here either
     _install(transport, _CheckedAsyncBackend(expected_uid))
     return transport

@@ -311,7 +311,7 @@ def probe_socket(path: Path, expected_uid: int, label: str) -> tuple[bool, str]:
         return False, (f"{label}: served by uid {uid}, not uid {expected_uid}: if that is your "
                        "bot's user, set TAPGATE_SOCKET_SERVER_UID; else remove the socket")
     try:
-        with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=5.0,
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(path), verify=False), timeout=5.0,
                           base_url="http://tapgate") as client:
             health = client.get("/v1/health").json()
     except (httpx.HTTPError, ValueError) as exc:

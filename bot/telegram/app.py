@@ -18,7 +18,7 @@ from telegram.request import HTTPXRequest
 from bot.approvals import ApprovalManager
 from bot.config import Settings
 from bot.telegram import decisions, handlers, render
-from bot.telegram.fence import FencedRequest
+from bot.telegram.fence import FencedRequest, tls_context
 from bot.telegram.gate import Gate, Refusals
 from bot.telegram.notifier import TelegramNotifier
 from bot.telegram.rule_digest import RuleDigest
@@ -36,7 +36,9 @@ def build_application(settings: Settings, manager: ApprovalManager, store: Store
                       max_retries: int = 5) -> Application:
     """The Application with every handler, pointed at ``TAPGATE_TELEGRAM_API_URL``."""
     api = settings.telegram_api_url
-    updates_request = FencedRequest(connect_timeout=10, read_timeout=POLL_TIMEOUT + 10)
+    tls = {"verify": tls_context()}
+    updates_request = FencedRequest(connect_timeout=10, read_timeout=POLL_TIMEOUT + 10,
+                                    httpx_kwargs=tls)
     app = (
         ApplicationBuilder()
         .token(settings.telegram_token.get_secret_value())
@@ -45,7 +47,7 @@ def build_application(settings: Settings, manager: ApprovalManager, store: Store
         .rate_limiter(AIORateLimiter(max_retries=max_retries))
         .concurrent_updates(ChatLanes())
         .request(HTTPXRequest(connection_pool_size=32, connect_timeout=10, read_timeout=20,
-                              write_timeout=20, pool_timeout=10))
+                              write_timeout=20, pool_timeout=10, httpx_kwargs=tls))
         .get_updates_request(updates_request)
         .build()
     )
