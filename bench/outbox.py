@@ -16,7 +16,6 @@ fresh database is created there and dropped at the end).
 from __future__ import annotations
 
 import argparse
-import secrets
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 # Run as a script, this folder comes first on sys.path, where its files would shadow the
 # standard library and the storage package: drop it.
@@ -32,8 +30,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
-import psycopg  # noqa: E402
 
+from bench.scratch import scratch_database  # noqa: E402
 from storage.approvals import approval_record  # noqa: E402
 from storage.clock import to_text  # noqa: E402
 from storage.copies import _message_record  # noqa: E402
@@ -125,10 +123,6 @@ def bench(store: Store, backend: str, args, results: list) -> None:
     results.append((backend, f"{owed:.3f} ms", f"{old:.1f} ms", f"{old / owed:,.0f}x"))
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunparse(urlparse(url)._replace(path=f"/{name}"))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300_000)
@@ -144,18 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             store.close()
     if args.postgres:
-        name = f"tapgate_bench_{secrets.token_hex(4)}"
-        with psycopg.connect(args.postgres, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            store = Store.from_url(with_database(args.postgres, name))
+        with scratch_database(args.postgres) as url:
+            store = Store.from_url(url)
             try:
                 bench(store, "postgres", args, results)
             finally:
                 store.close()
-        finally:
-            with psycopg.connect(args.postgres, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print()
     print(f"owed lookup for one chat: {args.requests:,} decided requests x {len(CHATS)} chats, "
           f"5 owed copies per chat; median of {args.reps} (old query: of {max(3, args.reps // 4)})")

@@ -33,14 +33,13 @@ sys.path.insert(0, os.path.dirname(_BENCH))
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import json  # noqa: E402
-import secrets  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
-from urllib.parse import urlparse, urlunparse  # noqa: E402
 
 from bench.api import CONNECTIONS, drive  # noqa: E402
+from bench.scratch import scratch_database  # noqa: E402
 from bot.api.server import SocketServer  # noqa: E402
 from bot.approvals import ApprovalManager  # noqa: E402
 from bot.pricing import Pricer  # noqa: E402
@@ -113,10 +112,6 @@ async def bench(store: Store, backend: str, args: argparse.Namespace) -> dict:
             "ratio": ruled_rate / plain_rate if plain_rate else 0.0}
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunparse(urlparse(url)._replace(path=f"/{name}"))
-
-
 async def main(args: argparse.Namespace) -> None:
     results = []
     print(f"{args.seconds:g} s per measurement, {args.rounds} rounds, {args.connections} "
@@ -129,20 +124,12 @@ async def main(args: argparse.Namespace) -> None:
         store.close()
         shutil.rmtree(directory, ignore_errors=True)
     if args.postgres:
-        import psycopg
-
-        name = f"tapgate_bench_{secrets.token_hex(4)}"
-        with psycopg.connect(args.postgres, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            store = Store.from_url(with_database(args.postgres, name))
+        with scratch_database(args.postgres) as url:
+            store = Store.from_url(url)
             try:
                 results.append(await bench(store, "postgresql", args))
             finally:
                 store.close()
-        finally:
-            with psycopg.connect(args.postgres, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     print()
     print("submits per second over the socket (median of the rounds)")
     for r in results:

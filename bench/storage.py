@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import secrets
 import sqlite3
 import statistics
 import sys
@@ -26,7 +25,6 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
 # Run as a script, this folder comes first on sys.path, where its files would shadow the
 # standard library (bench/socket.py) and the storage package (this very file): drop it.
@@ -36,6 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import psycopg  # noqa: E402
 
+from bench.scratch import scratch_database  # noqa: E402
 from storage.clock import to_text  # noqa: E402
 from storage.db import SQLITE_PRAGMAS, is_postgres  # noqa: E402
 from storage.records import NewLedgerEntry, RunUpsert, from_nano  # noqa: E402
@@ -243,10 +242,6 @@ def bench(store: Store, args, backend: str, raw: Callable[[int], float],
     singles(store, args, backend, raw, results)
 
 
-def with_database(url: str, name: str) -> str:
-    return urlunparse(urlparse(url)._replace(path=f"/{name}"))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -269,19 +264,12 @@ def main(argv: list[str] | None = None) -> int:
             store.close()
 
     if args.postgres:
-        name = f"tapgate_bench_{secrets.token_hex(4)}"
-        with psycopg.connect(args.postgres, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        url = with_database(args.postgres, name)
-        try:
+        with scratch_database(args.postgres) as url:
             store = Store.from_url(url)
             try:
                 bench(store, args, "postgres", lambda n: raw_singles_postgres(n, url), results)
             finally:
                 store.close()
-        finally:
-            with psycopg.connect(args.postgres, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     print()
     print(f"rows={args.rows:,} runs={args.runs} days={args.days} reps={args.reps} "
