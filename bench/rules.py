@@ -43,7 +43,7 @@ from bench.scratch import scratch_database  # noqa: E402
 from bot.api.server import SocketServer  # noqa: E402
 from bot.approvals import ApprovalManager  # noqa: E402
 from bot.pricing import Pricer  # noqa: E402
-from storage.records import NewRule  # noqa: E402
+from storage.rule_records import NewRule  # noqa: E402
 from storage.store import Store  # noqa: E402
 
 PLAIN = {"agent": "bench", "kind": "shell", "summary": "rm -rf build/",

@@ -17,12 +17,16 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.approvals import parse_callback_data
 from storage.errors import AlreadyFinal, InvalidArgument
-from storage.records import Approval, NewApproval, NewRule, Rule
+from storage.records import Approval, NewApproval
+from storage.rule_records import NewRule, Rule
 from storage.store import Store
+
+if TYPE_CHECKING:
+    from bot.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,11 @@ class ApprovalManager:
     def __init__(self, store: Store, chat_ids: list[int], default_ttl: float = 86400.0,
                  poll_interval: float = 1.0, required_approvals: int = 1,
                  escalate_after: float | None = None,
-                 escalation_chat_ids: list[int] | None = None):
+                 escalation_chat_ids: list[int] | None = None, router: Router | None = None):
         self.store = store
         self.chat_ids = list(chat_ids)
+        # Which chats each request goes to (bot.routing); None: every one of chat_ids.
+        self.router = router
         self.default_ttl = default_ttl
         self.poll_interval = poll_interval
         self.required_approvals = required_approvals  # unless a request says otherwise
@@ -68,12 +74,15 @@ class ApprovalManager:
         comes back already ``approved`` (by ``rule:<id> (...)``), with no message.
         ``required_approvals`` distinct approvers must approve (``requested_by``'s
         approval never counts); still pending after ``escalate_after`` seconds, the
-        request is posted to the escalation chats too (:meth:`escalate_due`).
+        request is posted to the escalation chats too (:meth:`escalate_due`). The chats
+        it is posted to first are the router's for its agent and kind.
         """
+        chat_ids = self.chat_ids if self.router is None else \
+            await self.router.chats_for(agent, kind)
         new = NewApproval(agent=agent, kind=kind, summary=summary, payload=payload,
                           ttl_seconds=ttl_seconds or self.default_ttl, run_id=run_id,
                           tool_call_id=tool_call_id, idempotency_key=idempotency_key,
-                          chat_ids=self.chat_ids, submitter_uid=submitter_uid,
+                          chat_ids=chat_ids, submitter_uid=submitter_uid,
                           accepts_edits=accepts_edits,
                           required_approvals=required_approvals or self.required_approvals,
                           requested_by=requested_by,

@@ -14,7 +14,8 @@ import re
 from collections.abc import Iterator
 from typing import IO, Any
 
-from storage.records import Approval, LedgerEntry, Rule, ToolCall
+from storage.records import Approval, LedgerEntry, ToolCall
+from storage.rule_records import Rule
 from storage.store import Store
 
 # The columns in the order people read them; then every other field of the exported

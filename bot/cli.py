@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     policy = sub.add_parser("policy", help="policy bundles").add_subparsers(
         dest="policy_command", required=True, metavar="{apply}")
-    p = policy.add_parser("apply", help="register the bundles of a YAML or TOML file")
+    p = policy.add_parser("apply", help="register the bundles (and routes) of a YAML or TOML "
+                          "file")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--json", action="store_true", help="print the stored policies as JSON")
     p.set_defaults(func=cmd_policy_apply)
@@ -359,18 +360,23 @@ def _private_file(path: str):
 
 
 def cmd_policy_apply(args: argparse.Namespace, settings: Settings) -> int:
-    """Validate every bundle of the file first, then write them all (works while the bot
-    is down; runs created later with ``policy_ref`` use them)."""
-    from bot.policyfile import load_policies
+    """Validate every bundle and route of the file first, then write them all (works while
+    the bot is down; runs created later with ``policy_ref`` use them; a running bot
+    routes by the new routes within about a second)."""
+    from bot.policyfile import load_policy_file
 
-    bundles = load_policies(args.file)  # all valid, or nothing is written
+    loaded = load_policy_file(args.file)  # all valid, or nothing is written
     with database(settings) as store:
-        stored = [store.upsert_policy(bundle) for bundle in bundles]
+        stored = [store.upsert_policy(bundle) for bundle in loaded.policies]
+        routes = None if loaded.routes is None else store.replace_routes(loaded.routes)
     if args.json:
-        dump({"items": [p.model_dump(mode="json") for p in stored]})
+        dump({"items": [p.model_dump(mode="json") for p in stored],
+              **({} if routes is None else {"routes": [r.model_dump() for r in routes]})})
     else:
         for p in stored:
             rules = len(p.approval_rules)
             out(f"applied {p.name}: {len(p.tool_allowlist)} allowed tool(s), {rules} approval "
                 f"rule(s){', default_safe' if p.default_safe else ''}")
+        if routes is not None:
+            out(f"stored {len(routes)} route(s), replacing the stored routes")
     return 0

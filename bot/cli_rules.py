@@ -16,7 +16,7 @@ from bot.cli import CommandError, _duration, _read, database, dump, out
 
 if TYPE_CHECKING:
     from bot.config import Settings
-    from storage.records import Rule
+    from storage.rule_records import Rule
 
 MAX_RULE_TTL = 366 * 86400.0  # as the socket API's (bot.api.schemas.MAX_RULE_TTL)
 
@@ -70,7 +70,7 @@ def cmd_rules_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_rules_add(args: argparse.Namespace, settings: Settings) -> int:
     from bot.rules import validate_new_rule
-    from storage.records import NewRule
+    from storage.rule_records import NewRule
 
     validate_new_rule(args.agent, args.kind, args.match)  # one line, exit 2
     expires_at = None

@@ -51,12 +51,12 @@ from storage.records import (
     LedgerEntry,
     LedgerTotals,
     Policy,
-    Rule,
     Run,
     Step,
     ToolCall,
     UsageSummary,
 )
+from storage.rule_records import Rule
 
 __all__ = ["ApprovalDenied", "ApprovalExpired", "AsyncTapgateClient", "ClientError",
            "ConnectionFailed", "TapgateClient", "WrongServer", "requires_approval"]

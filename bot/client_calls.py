@@ -27,12 +27,12 @@ from storage.records import (
     LedgerEntry,
     LedgerTotals,
     Policy,
-    Rule,
     Run,
     Step,
     ToolCall,
     UsageSummary,
 )
+from storage.rule_records import Rule
 
 DEFAULT_TIMEOUT = 30.0
 When = datetime | date | str | None

@@ -22,9 +22,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bot import places
 from bot.durations import parse_duration  # noqa: F401  (re-exported: the settings parse with it)
 from bot.peers import uid_of
+from bot.routing import parse_routes
 from storage.errors import TapgateError
+from storage.rule_records import Route
 
 PREFIX = "TAPGATE_"
+TOPIC_PER = ("agent", "run", "none")
 MIN_TTL, MAX_TTL = 1.0, 30 * 86400.0
 
 
@@ -93,6 +96,9 @@ class Settings(BaseSettings):
     telegram_api_url: str = "https://api.telegram.org"
     approver_chat_ids: IntList = Field(default_factory=list)
     approver_user_ids: IntList = Field(default_factory=list)
+    # Routes (bot/routing.py): a JSON list of {"agent", "kind", "chats"}, first match
+    # wins; requests no route matches go to the approver chats.
+    routes: Annotated[list[Route], NoDecode] = Field(default_factory=list)
     database_url: str = Field(default_factory=places.well_known_database_url)
     socket_path: Path = Field(default_factory=places.well_known_socket)
     socket_allowed_uids: IntList = Field(default_factory=list)
@@ -104,6 +110,12 @@ class Settings(BaseSettings):
     default_required_approvals: int = Field(1, ge=1, le=10)
     escalation_chat_ids: IntList = Field(default_factory=list)
     escalate_after: float = 0.0  # 0: never; else a pending request escalates after this
+    # Forum topics (bot/topics.py): one topic per agent or per run in chats that have
+    # topics; "none": every request in the chat's main thread.
+    topic_per: str = "none"
+    # More than this many new requests owed to one chat at once are posted as digest
+    # messages (bot/telegram/digest.py); 0: never.
+    digest_threshold: int = Field(5, ge=0, le=1000)
     default_budget_tokens: int = Field(0, ge=0)
     default_budget_dollars: float = Field(0.0, ge=0)
     default_budget_loops: int = Field(0, ge=0)
@@ -125,6 +137,11 @@ class Settings(BaseSettings):
     _lists = field_validator("approver_chat_ids", "approver_user_ids", "socket_allowed_uids",
                              "socket_admin_uids", "escalation_chat_ids",
                              mode="before")(_int_list)
+
+    @field_validator("routes", mode="before")
+    @classmethod
+    def _routes(cls, value: object) -> list[Route]:
+        return parse_routes(value)
 
     @field_validator("database_url", "socket_path", mode="before")
     @classmethod
@@ -154,6 +171,16 @@ class Settings(BaseSettings):
         if not MIN_TTL <= value <= MAX_TTL:
             raise ValueError("must be between 1s and 30d")
         return value
+
+    @field_validator("topic_per", mode="before")
+    @classmethod
+    def _topic_per(cls, value: object) -> str:
+        text = "" if value is None else str(value).strip().lower()
+        if text == "":
+            return "none"
+        if text not in TOPIC_PER:
+            raise ValueError(f"must be agent, run or none, got {value!r}")
+        return text
 
     @field_validator("failover_seconds", mode="before")
     @classmethod

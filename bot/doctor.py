@@ -101,9 +101,12 @@ async def _telegram_checks(settings: Settings, report: Report) -> None:
         report(False, f"getMe refused: {exc.message}")
     else:
         report(True, f"token accepted: the bot is @{bot.username}")
-        for chat_id in settings.approver_chat_ids:
+        chats = dict.fromkeys(settings.approver_chat_ids, "TAPGATE_APPROVER_CHAT_IDS")
+        for route in settings.routes:
+            chats.update({chat: "TAPGATE_ROUTES" for chat in route.chats if chat not in chats})
+        for chat_id, setting in chats.items():
             try:
-                ok, text = await check_chat(bot, chat_id)
+                ok, text = await check_chat(bot, chat_id, setting)
             except Exception as exc:  # an answer PTB cannot read: still one line
                 ok, text = False, f"chat {chat_id}: {type(exc).__name__}: {exc}"
             report(ok, text)
@@ -126,8 +129,10 @@ async def _webhook_check(bot: Bot, settings: Settings, report: Report) -> None:
         report(*found)
 
 
-async def check_chat(bot: Bot, chat_id: int) -> tuple[bool, str]:
-    """Is approver chat ``chat_id`` reachable (``getChat``) and may the bot post there?"""
+async def check_chat(bot: Bot, chat_id: int, setting: str = "TAPGATE_APPROVER_CHAT_IDS"
+                     ) -> tuple[bool, str]:
+    """Is approver chat ``chat_id`` (of ``setting``) reachable (``getChat``) and may the
+    bot post there?"""
     try:
         # The raw answer: doctor needs four fields, and must not fail because a newer
         # Bot API field is missing from (or required by) PTB's ChatFullInfo.
@@ -139,7 +144,7 @@ async def check_chat(bot: Bot, chat_id: int) -> tuple[bool, str]:
     except TelegramError as exc:
         return False, (f"chat {chat_id} unreachable ({exc.message}): send /start to "
                        f"@{bot.username} from that account, or add the bot to that group, "
-                       "or remove the id from TAPGATE_APPROVER_CHAT_IDS")
+                       f"or remove the id from {setting}")
     kind = chat.get("type")
     if kind == Chat.PRIVATE:
         who = f"@{chat['username']}" if chat.get("username") else chat.get("first_name", "?")

@@ -77,6 +77,17 @@ def needs_approval(policy: Policy | None, tool: str, side_effect: str) -> bool:
     return any(rule_matches(rule, tool, side_effect) for rule in policy.approval_rules)
 
 
+def approvals_required(policy: Policy, tool: str, side_effect: str, default: int) -> int:
+    """Distinct approvers a call that :func:`needs_approval` needs: the largest
+    ``required_approvals`` of the rules it matches (a rule without one, and a
+    ``default_safe`` match, count as ``default``)."""
+    counts = [rule.required_approvals or default for rule in policy.approval_rules
+              if rule_matches(rule, tool, side_effect)]
+    if policy.default_safe and side_effect and side_effect != "none":
+        counts.append(default)
+    return max(counts, default=default)
+
+
 def check_allowlist(policy: Policy | None, tool: str) -> None:
     """Forbidden when the policy has an allowlist and the tool is not on it."""
     if policy is not None and policy.tool_allowlist and tool not in policy.tool_allowlist:
@@ -179,12 +190,19 @@ class Governance:
             agent=run.name or run.id, kind=TOOL_KIND, summary=summary[:500],
             payload={"tool": call.tool, "side_effect": call.side_effect,
                      "arguments": call.arguments},
-            run_id=run.id, tool_call_id=tool_call.id)
+            run_id=run.id, tool_call_id=tool_call.id,
+            required_approvals=approvals_required(policy, call.tool, call.side_effect,
+                                                  self.manager.required_approvals),
+            escalate_after=policy.escalate_after or None)
         # Only the link: the approval may already be decided and settled, and its
         # status must not be set back to pending.
         tool_call = await self.store.run(self.store.set_tool_call_status, tool_call.id,
                                          None, approval.id)
         return tool_call, approval
+
+    async def escalate_after_of(self, run_id: str) -> float | None:
+        """The escalation delay of run ``run_id``'s policy (None: the settings' delay)."""
+        return await self.store.run(self.store.run_escalate_after, run_id)
 
     async def cancel_run(self, run_id: str, decided_by: str = "api", admin: bool = True,
                          uid: int | None = None) -> Run:

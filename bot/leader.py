@@ -178,12 +178,14 @@ class LeaderDuties:
         self.governance.on_approval(approval, False)  # settles tool calls and grants
 
     def _on_local(self, approval: Approval, created: bool) -> None:
-        """Manager listener: remember finals made here; tell the leader of new requests."""
+        """Manager listener: remember finals made here; tell the leader of new requests
+        and of copies owed without a decision (an escalation or a vote made here; a
+        decision reaches it through its own notification)."""
         if approval.is_final:
             self._mine[approval.id] = None
             if len(self._mine) > RECENT:
                 self._mine.popitem(last=False)
-        if created and self._clustered and not self.active:
+        elif self._clustered and not self.active:
             self._hint()
 
     def _hint(self) -> None:

@@ -9,27 +9,52 @@ list under ``policies`` with a ``name`` each::
       tool_allowlist: [ls, cat, rm, deploy]
       approval_rules:
         - tool: deploy
+          required_approvals: 2    # two distinct approvers (default 1)
         - side_effect: "fs.delete*"
       default_safe: false
+      escalate_after: 15m          # else TAPGATE_ESCALATE_AFTER
 
-Every error names the file, the bundle and the field.
+Beside the bundles, a top-level ``routes`` list (see :mod:`bot.routing`) replaces
+the stored routes when applied; a file without one leaves them as they are::
+
+    routes:
+      - {agent: "deploy-*", chats: [-1001234567890]}
+      - {kind: "budget.grant", chats: [-1009876543210]}
+
+Every error names the file, the bundle (or route) and the field.
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import ValidationError
 
+from bot.durations import parse_duration
+from bot.routing import route_list
 from storage.errors import InvalidArgument
 from storage.records import PolicyUpsert
+from storage.rule_records import Route
+
+
+class PolicyFile(NamedTuple):
+    """A validated policy file: its bundles, and its routes (None: no ``routes`` section,
+    which leaves the stored routes alone; [] removes them)."""
+
+    policies: list[PolicyUpsert]
+    routes: list[Route] | None
 
 
 def load_policies(path: str | Path) -> list[PolicyUpsert]:
     """Parse and validate every bundle in ``path`` (``.yaml``/``.yml``/``.toml``)."""
+    return load_policy_file(path).policies
+
+
+def load_policy_file(path: str | Path) -> PolicyFile:
+    """Parse and validate every bundle and route in ``path`` (``.yaml``/``.yml``/``.toml``)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -45,11 +70,20 @@ def load_policies(path: str | Path) -> list[PolicyUpsert]:
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
         detail = str(exc).replace("\n", " ")
         raise InvalidArgument(f"{path}: not valid {path.suffix[1:].upper()}: {detail}") from None
-    bundles = _bundles(path, data)
+    routes = _routes(path, data)
+    if routes is not None:
+        data = {k: v for k, v in data.items() if k != "routes"}
+    bundles = _bundles(path, data) if data or routes is None else []  # routes alone: fine
     policies = []
     for name, body in bundles:
         if not isinstance(body, dict):
             raise InvalidArgument(f"{path}: bundle {name!r}: must be a mapping of fields")
+        if isinstance(body.get("escalate_after"), str):  # "15m", as in the settings
+            try:
+                body = {**body, "escalate_after": parse_duration(body["escalate_after"])}
+            except ValueError as exc:
+                raise InvalidArgument(f"{path}: bundle {name!r}: field escalate_after: "
+                                      f"{exc}") from None
         try:
             policies.append(PolicyUpsert(**{**body, "name": name}))
         except ValidationError as exc:
@@ -59,7 +93,22 @@ def load_policies(path: str | Path) -> list[PolicyUpsert]:
             if error["type"] == "extra_forbidden":
                 message = "unknown field"
             raise InvalidArgument(f"{path}: bundle {name!r}: field {field}: {message}") from None
-    return policies
+    return PolicyFile(policies, routes)
+
+
+def _routes(path: Path, data: Any) -> list[Route] | None:
+    """The file's top-level ``routes`` list, validated (None if it has none)."""
+    if not isinstance(data, dict) or "routes" not in data:
+        return None
+    items = data["routes"]
+    if not isinstance(items, list):  # ``routes:`` alone too: say [] to remove them all
+        raise InvalidArgument(f"{path}: routes: must be a list of routes, each with agent, "
+                              "kind and chats ([] removes every stored route; a bundle named "
+                              "'routes' goes in a 'policies' list)")
+    try:
+        return route_list(items)
+    except ValueError as exc:
+        raise InvalidArgument(f"{path}: {exc}") from None
 
 
 def _bundles(path: Path, data: Any) -> list[tuple[str, Any]]:

@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from storage.errors import InvalidArgument
-from storage.records import Approval, NewRule
+from storage.records import Approval
+from storage.rule_records import NewRule
 from storage.rules import NEVER_RULED, SHELL_CONTROL, expires_in, is_shell_kind
 
 MAX_MATCH = 500  # a summary's bound: a glob is at most one summary long

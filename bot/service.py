@@ -26,6 +26,7 @@ from bot.expiry import schedule_expiry, sweep
 from bot.governance import Governance
 from bot.leader import LeaderDuties
 from bot.pgnotify import DecisionListener
+from bot.routing import Router
 from bot.sqlite_lock import SqliteLock
 from bot.telegram import webhook
 from bot.telegram.app import UPDATES_REQUEST, build_application, stop_handling
@@ -70,11 +71,12 @@ class Service:
         self.settings = settings
         self.store = store or Store.from_url(settings.database_url)
         self._own_store = store is None
+        self.router = Router.from_settings(self.store, settings)  # which chats see what
         self.manager = ApprovalManager(
             self.store, settings.approver_chat_ids, settings.default_ttl,
             required_approvals=settings.default_required_approvals,
             escalate_after=settings.escalate_after,
-            escalation_chat_ids=settings.escalation_chat_ids)
+            escalation_chat_ids=settings.escalation_chat_ids, router=self.router)
         self.governance = Governance(self.store, self.manager, Budgets(
             budget_tokens=settings.default_budget_tokens,
             budget_dollars=settings.default_budget_dollars,
@@ -121,6 +123,7 @@ class Service:
         applied = await self.store.run(self.store.migrate)
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
+        await self.router.refresh()  # the stored routes, before anything is posted
         await sweep(self.manager)
         # Agents can submit and wait while Telegram is still unreachable: requests are
         # kept as owed messages and posted once the notifier runs.
@@ -136,8 +139,8 @@ class Service:
         # The leader polls (or registers the webhook), pays the outbox, delivers alerts and
         # settles what others decided; this returns once the first election is over.
         await self.duties.start()
-        log.info("Tapgate is serving: %d approver chat(s), database %s",
-                 len(self.settings.approver_chat_ids),
+        log.info("Tapgate is serving: %d approver chat(s), %d route(s), database %s",
+                 len(self.settings.approver_chat_ids), self.router.routes,
                  "postgresql" if is_postgres(self.store.db) else "sqlite")
 
     # --- webhook mode (bot/telegram/webhook.py) -------------------------------------
@@ -211,6 +214,7 @@ class Service:
         # A start that failed in getMe leaves the Bot's HTTP clients open; this closes
         # them (and does nothing when app.shutdown() already did).
         await self.app.bot.shutdown()
+        await self.router.close()  # a refresh in flight reads the Store
         if self._own_store:
             self.store.close()
         if self._sqlite_lock is not None:

@@ -28,6 +28,7 @@ def _message_record(row: ApprovalMessageRow) -> MessageRef:
         message_id=row.message_id,
         shown=row.shown,
         updated_at=row.updated_at,
+        digest_id=row.digest_id,
     )
 
 
@@ -151,6 +152,7 @@ class CopyStore(StoreBase):
             'SELECT m."id", a."id", a."kind", a."status" FROM "approval_message" AS m '
             'JOIN "approval" AS a ON a."id" = m."approval_id" '
             f'WHERE m."owed" AND m."chat_id" = {p} AND m."message_id" IS NULL '
+            'AND m."digest_id" IS NULL '  # a digest shows its own outcomes
             'AND a."status" <> \'pending\' ORDER BY m."id" DESC'))
         return [UnpostedOutcome(*row) for row in self.db.execute_sql(sql, (chat_id,)).fetchall()]
 
@@ -167,6 +169,7 @@ class CopyStore(StoreBase):
                     '(SELECT a."status" FROM "approval" AS a '
                     'WHERE a."id" = "approval_message"."approval_id") WHERE '
                     f'"id" IN ({", ".join([p] * len(chunk))}) AND "owed" AND "message_id" IS NULL '
+                    'AND "digest_id" IS NULL '
                     'AND "approval_id" IN (SELECT "id" FROM "approval" WHERE "status" <> '
                     '\'pending\')', (now, *chunk)).rowcount
         return settled

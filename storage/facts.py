@@ -26,6 +26,7 @@ def policy_record(row: PolicyRow) -> Policy:
         tool_allowlist=row.tool_allowlist or [],
         approval_rules=row.approval_rules or [],
         default_safe=row.default_safe,
+        escalate_after=row.escalate_after or 0.0,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -84,6 +85,18 @@ class FactStore(StoreBase):
         if row is None:
             raise NotFound(f"policy {name} not found")
         return policy_record(row)
+
+    @unit_of_work
+    def run_escalate_after(self, run_id: str) -> float | None:
+        """The escalation delay the policy of run ``run_id`` sets; None when it sets none
+        (0), or the run is unknown or has no policy. One query, rendered once: it is on
+        the submit path of every request with a ``run_id``."""
+        p = self.db.param
+        row = self.db.execute_sql(self.statement("policy.escalate_after_of_run", lambda: (
+            'SELECT "policy"."escalate_after" FROM "run" JOIN "policy" '
+            f'ON "policy"."name" = "run"."policy_ref" WHERE "run"."id" = {p}')),
+            (run_id,)).fetchone()
+        return (row[0] or None) if row is not None else None
 
     @unit_of_work
     def list_policies(self) -> list[Policy]:

@@ -140,6 +140,7 @@ class ApprovalMessageRow(BaseModel):
     shown = CharField(max_length=16, null=True)
     updated_at = TimestampField()
     owed = BooleanField(default=True)
+    digest_id = IntegerField(null=True)  # listed in this digest (storage/digests.py)
 
     class Meta:
         table_name = "approval_message"
@@ -237,6 +238,7 @@ class PolicyRow(BaseModel):
     default_safe = BooleanField(default=False)
     created_at = TimestampField()
     updated_at = TimestampField()
+    escalate_after = DoubleField(default=0)  # seconds; 0: the settings' (migration 0010)
 
     class Meta:
         table_name = "policy"
@@ -352,3 +354,55 @@ class TelegramUpdateRow(BaseModel):
 
 
 ALL_MODELS.append(TelegramUpdateRow)
+
+
+class DigestRow(BaseModel):
+    """One message listing a burst of requests to one chat (storage/digests.py)."""
+
+    id = AutoField()
+    chat_id = BigIntegerField()
+    message_id = BigIntegerField(null=True)
+    thread_id = BigIntegerField(null=True)
+    page = IntegerField(default=0)
+    created_at = TimestampField()
+
+    class Meta:
+        table_name = "digest"
+
+
+ALL_MODELS.append(DigestRow)
+
+
+class RouteRow(BaseModel):
+    """A route of a policy file (``tapgate policy apply``): requests whose agent and kind
+    match the globs go to ``chat_ids``; ``position`` orders them (first match wins)."""
+
+    id = AutoField()
+    position = IntegerField(unique=True)
+    agent = TextField()
+    kind = TextField()
+    chat_ids = JSONTextField()
+    created_at = TimestampField()
+
+    class Meta:
+        table_name = "route"
+
+
+ALL_MODELS.append(RouteRow)
+
+
+class ForumTopicRow(BaseModel):
+    """The forum topic of a chat that a topic key's requests go to (storage/topics.py)."""
+
+    id = AutoField()
+    chat_id = BigIntegerField()  # unique with topic_key (the migrations' index)
+    topic_key = TextField()  # "agent:<agent>" or "run:<run id>"
+    thread_id = BigIntegerField()
+    name = TextField()
+    created_at = TimestampField()
+
+    class Meta:
+        table_name = "forum_topic"
+
+
+ALL_MODELS.append(ForumTopicRow)

@@ -140,71 +140,6 @@ def display_key(status: str, votes: int | None, escalated: bool) -> str:
     return status + (f"/{votes}" if votes is not None else "") + ("/e" if escalated else "")
 
 
-class NewRule(Record):
-    """What :meth:`Store.create_rule` needs: approve requests of ``agent`` and ``kind``
-    whose summary ``match`` globs, in ``run_id`` only if set, until ``expires_at``."""
-
-    agent: str
-    kind: str
-    match: str
-    run_id: str | None = None
-    created_by: str
-    expires_at: datetime | None = None
-    chat_id: int | None = None
-    origin: str | None = None
-    source_approval_id: str | None = None
-
-
-class Rule(Record):
-    """A standing decision: matching new requests are approved as they are submitted."""
-
-    id: int
-    agent: str
-    kind: str
-    match: str = Field(description="glob on the summary; * is the only wildcard")
-    run_id: str | None = Field(None, description="a session rule's run (null: any run)")
-    created_by: str
-    created_at: datetime
-    expires_at: datetime | None = None
-    revoked_at: datetime | None = None
-    revoked_by: str | None = None
-    uses: int = 0
-    last_used_at: datetime | None = None
-    chat_id: int | None = Field(None, description="the chat it was made in (null: CLI/API)")
-    origin: str | None = Field(None, description="the summary it was made from")
-    source_approval_id: str | None = None
-
-    def is_live(self, now: datetime) -> bool:
-        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
-
-
-class RuleUse(Record):
-    """A rule's uses in one hour, as the digest line in ``chat_id`` shows them."""
-
-    rule_id: int
-    window_start: datetime
-    chat_id: int | None = None
-    uses: int
-    shown_uses: int
-    message_id: int | None = None
-    agent: str
-    kind: str
-    match: str
-
-
-class ReplyPrompt(Record):
-    """A ForceReply message the bot sent asking for a reason or an edit."""
-
-    id: int
-    chat_id: int
-    message_id: int
-    approval_id: str
-    action: Literal["reason", "edit"]
-    user_id: int
-    created_at: datetime
-    answered_at: datetime | None = None
-
-
 class MessageRef(Record):
     """One posted (or still to be posted) Telegram copy of an approval.
 
@@ -219,6 +154,7 @@ class MessageRef(Record):
     message_id: int | None = None
     shown: str | None = None
     updated_at: datetime
+    digest_id: int | None = None  # listed in a digest message (storage/digests.py)
 
 
 # --- runs, steps ---------------------------------------------------------------
@@ -417,10 +353,15 @@ class Fact(Record):
 
 
 class ApprovalRule(Record):
-    """A tool call needs approval if ``tool`` equals its tool or ``side_effect`` globs its effect."""
+    """A tool call needs approval if ``tool`` equals its tool or ``side_effect`` globs its
+    effect, from ``required_approvals`` distinct approvers (None: the settings' default)."""
 
     tool: str | None = None
     side_effect: str | None = None
+    required_approvals: int | None = Field(None, ge=1, le=10)
+
+
+MAX_ESCALATE_AFTER = 30 * 86400.0  # no request lives longer (the TTL's bound)
 
 
 class PolicyUpsert(Budgets):
@@ -428,6 +369,15 @@ class PolicyUpsert(Budgets):
     tool_allowlist: list[str] = Field(default_factory=list)
     approval_rules: list[ApprovalRule] = Field(default_factory=list)
     default_safe: bool = False
+    escalate_after: float = Field(0.0, description="seconds a run's request waits before it "
+                                                   "escalates; 0: TAPGATE_ESCALATE_AFTER")
+
+    @field_validator("escalate_after")
+    @classmethod
+    def _escalation_delay(cls, value: float) -> float:
+        if value != 0 and not 1 <= value <= MAX_ESCALATE_AFTER:
+            raise ValueError("must be 0 (TAPGATE_ESCALATE_AFTER applies) or between 1s and 30d")
+        return value
 
 
 class Policy(PolicyUpsert):

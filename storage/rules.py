@@ -19,7 +19,8 @@ from storage.base import StoreBase, columns, decoder, unit_of_work
 from storage.clock import from_text, to_text
 from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotFound
 from storage.models import ReplyPromptRow, RuleRow, RuleUseRow
-from storage.records import Approval, NewRule, ReplyPrompt, Rule, RuleUse
+from storage.records import Approval
+from storage.rule_records import NewRule, ReplyPrompt, Rule, RuleUse
 
 NEVER_RULED = frozenset({"budget.grant", "tool_call"})
 """Kinds no rule ever decides: the bot's own budget grants, and tool calls (their run's

@@ -19,18 +19,22 @@ from storage.checkpoints import CheckpointStore
 from storage.clock import utcnow
 from storage.copies import CopyStore
 from storage.db import open_database
+from storage.digests import DigestStore
 from storage.escalation import EscalationStore
 from storage.export import ExportStore
 from storage.facts import FactStore
 from storage.instances import InstanceStore
 from storage.ledger import LedgerStore
+from storage.routes import RouteStore
 from storage.rules import RuleStore
 from storage.spend import SpendStore
+from storage.topics import TopicStore
 from storage.updates import UpdateStore
 
 
 class Store(ApprovalStore, CopyStore, RuleStore, LedgerStore, SpendStore, AlertStore,
-            CheckpointStore, FactStore, ExportStore, EscalationStore, UpdateStore, InstanceStore):
+            CheckpointStore, FactStore, ExportStore, EscalationStore, UpdateStore, InstanceStore,
+            RouteStore, DigestStore, TopicStore):
     """Approvals, runs, steps, ledger, tool calls, checkpoints, facts and policies.
 
     Every method is one transaction and safe to call from many threads at

@@ -49,6 +49,7 @@ __all__ = [
     "Call",
     "FakeClock",
     "FakeTelegram",
+    "ForumTopic",
     "Message",
     "User",
     "WaitTimeout",
@@ -85,8 +86,10 @@ MAX_CAPTION = 1024
 MAX_ANSWER_TEXT = 200
 PACED_METHODS = frozenset(
     {"sendMessage", "editMessageText", "editMessageReplyMarkup", "editMessageCaption",
-     "sendPhoto"}
+     "sendPhoto", "createForumTopic"}
 )
+MAX_TOPIC_NAME = 128  # TDLib cuts a longer topic name to 128 characters (clean_name)
+TOPIC_ICON_COLORS = (0x6FB9F0, 0xFFD67E, 0xCB86DB, 0x8EEE98, 0xFF93B2, 0xFB6F5F)
 BUTTON_STYLES = frozenset({"danger", "success", "primary"})  # Bot API 9.4
 # Update types Telegram only sends when asked for explicitly.
 OPT_IN_UPDATES = frozenset({"chat_member", "message_reaction", "message_reaction_count"})
@@ -224,6 +227,8 @@ class Message:
     history: list[dict[str, Any]] = field(default_factory=list)
     reply_to_message_id: int | None = None
     """The message (same chat) this one replies to; its dict goes into ``reply_to_message``."""
+    message_thread_id: int | None = None
+    """The forum topic the message is in (None: the chat's main thread, or General)."""
 
     @property
     def buttons(self) -> list[dict[str, Any]]:
@@ -235,6 +240,22 @@ class Message:
     @property
     def button_texts(self) -> list[str]:
         return [b.get("text", "") for b in self.buttons]
+
+
+@dataclass
+class ForumTopic:
+    """A topic of a chat with topics enabled (a forum supergroup, or a private chat since Bot
+    API 9.4). ``message_thread_id`` is the id of the topic's (unstored) creation message."""
+
+    chat_id: int
+    message_thread_id: int
+    name: str
+    icon_color: int
+    deleted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"message_thread_id": self.message_thread_id, "name": self.name,
+                "icon_color": self.icon_color}
 
 
 class _ApiError(Exception):
@@ -1023,6 +1044,8 @@ class FakeTelegram:
         self._failures: dict[str, deque[tuple[int, str, dict | None]]] = {}
         self._chat_errors: dict[int, tuple[int, str, dict | None]] = {}
         self._group_sends: dict[int, deque[float]] = {}
+        self._forums: set[int] = set()  # chats with topics enabled (enable_topics)
+        self._topics: dict[tuple[int, int], ForumTopic] = {}
         self._down = False
         self._closing = False
         self._poll_token: object | None = None
@@ -1048,6 +1071,7 @@ class FakeTelegram:
             "getFile": self._get_file,
             "sendChatAction": self._send_chat_action,
             "getChat": self._get_chat,
+            "createForumTopic": self._create_forum_topic,
         }
         self._by_lower = {name.lower(): name for name in self._handlers}
 
@@ -1109,6 +1133,12 @@ class FakeTelegram:
             return self._messages[(chat_id, message_id)]
         except KeyError:
             raise KeyError(f"no message {message_id} in chat {chat_id}") from None
+
+    def topics(self, chat_id: int) -> list[ForumTopic]:
+        """The topics of ``chat_id`` nobody deleted, oldest first."""
+        return sorted((t for (cid, _), t in self._topics.items()
+                       if cid == chat_id and not t.deleted),
+                      key=lambda t: t.message_thread_id)
 
     @property
     def pending_updates(self) -> list[dict[str, Any]]:
@@ -1243,11 +1273,13 @@ class FakeTelegram:
         return query_id
 
     def send_text(self, chat_id: int, user: User, text: str,
-                  chat_type: str = "private", reply_to: int | None = None) -> int:
+                  chat_type: str = "private", reply_to: int | None = None,
+                  thread_id: int | None = None) -> int:
         """A user writes ``text`` to ``chat_id``: queue a message update, return update_id.
         A leading /command gets a bot_command entity like Telegram adds. ``reply_to``: the
         id of a message of that chat it replies to (the update carries it as
-        ``reply_to_message``; an unknown or deleted one is left out, as Telegram does)."""
+        ``reply_to_message``; an unknown or deleted one is left out, as Telegram does).
+        ``thread_id``: the topic it is written in (default: the replied message's)."""
         if chat_id not in self._chats or self._chats[chat_id]["type"] != chat_type:
             if chat_type == "private":
                 self._chats[chat_id] = {"id": chat_id, "type": "private", **{
@@ -1260,11 +1292,42 @@ class FakeTelegram:
         m = re.match(r"/[A-Za-z0-9_]{1,64}(@[A-Za-z0-9_]{3,32})?(?![A-Za-z0-9_/<>@])", text)
         if m:
             entities.append({"type": "bot_command", "offset": 0, "length": utf16_len(m[0])})
+        target = self._messages.get((chat_id, reply_to)) if reply_to is not None else None
+        if thread_id is None and target is not None:
+            thread_id = target.message_thread_id
         msg = Message(chat_id=chat_id, message_id=self._new_message_id(chat_id), text=text,
                       raw_text=text, entities=entities, from_user=user, date=int(time.time()),
-                      reply_to_message_id=reply_to)
+                      reply_to_message_id=reply_to, message_thread_id=thread_id)
         self._messages[(chat_id, msg.message_id)] = msg
         return self._enqueue("message", self._message_dict(msg))
+
+    def enable_topics(self, chat_id: int) -> None:
+        """Turn topics on in ``chat_id``: a supergroup becomes a forum (``is_forum``), a
+        private chat gets topics (Bot API 9.4: the bot's topic mode; getMe reports
+        ``has_topics_enabled`` from then on, so enable it before the bot starts). A basic
+        group cannot (Telegram makes it a supergroup first): ValueError."""
+        chat = self._chat(chat_id)
+        if chat["type"] == "group":
+            raise ValueError(f"chat {chat_id} is a basic group: only supergroups and private "
+                             "chats have topics (use an id <= -1000000000000)")
+        if chat["type"] == "supergroup":
+            self._chats[chat_id]["is_forum"] = True
+        self._forums.add(chat_id)
+        # Thread id 1 is a forum's General topic: no topic of ours may get it.
+        self._next_message_id[chat_id] = max(self._next_message_id.get(chat_id, 1), 2)
+
+    def delete_topic(self, chat_id: int, thread_id: int) -> None:
+        """A person deletes a topic: it and every message in it are gone (sending to it
+        answers "message thread not found", editing its messages "message to edit not
+        found")."""
+        topic = self._topics.get((chat_id, thread_id))
+        if topic is None or topic.deleted:
+            raise LookupError(f"no topic {thread_id} in chat {chat_id}")
+        topic.deleted = True
+        for (cid, _), msg in self._messages.items():
+            if cid == chat_id and msg.message_thread_id == thread_id:
+                msg.deleted = True
+        self._notify()
 
     def add_update(self, update_type: str, payload: dict[str, Any]) -> int:
         """Queue an arbitrary update of ``update_type`` (e.g. "my_chat_member")."""
@@ -1433,6 +1496,9 @@ class FakeTelegram:
             "chat": self._chat(msg.chat_id),
             "date": msg.date,
         }
+        if msg.message_thread_id is not None:
+            d["message_thread_id"] = msg.message_thread_id
+            d["is_topic_message"] = True
         if msg.edit_date is not None:
             d["edit_date"] = msg.edit_date
         if msg.text is not None:
@@ -1490,6 +1556,22 @@ class FakeTelegram:
         if chat_id in self._chat_errors:
             raise _ApiError(*self._chat_errors[chat_id])
         return chat_id
+
+    def _thread_of(self, chat_id: int, p: dict[str, Any], reply_to: int | None) -> int | None:
+        """The topic a new message goes to: ``message_thread_id``, else the topic of the
+        message it replies to (None: the main thread). As in telegram-bot-api, a group
+        without topics ignores ``message_thread_id``; in a forum or a private chat an
+        unknown or deleted topic (or 1, the General topic) is refused."""
+        thread = p.get("message_thread_id")
+        if not thread:
+            target = self._messages.get((chat_id, reply_to)) if reply_to is not None else None
+            return target.message_thread_id if target is not None else None
+        if chat_id < 0 and chat_id not in self._forums:
+            return None
+        topic = self._topics.get((chat_id, thread))
+        if topic is None or topic.deleted:
+            raise _bad("message thread not found")
+        return thread
 
     def _pace(self, chat_id: int) -> None:
         if self.group_limit_per_minute is None or chat_id >= 0:
@@ -1641,7 +1723,10 @@ class FakeTelegram:
 
     async def _get_me(self, p: dict, files: dict) -> Any:
         return {**self._bot_user(), "can_join_groups": True,
-                "can_read_all_group_messages": False, "supports_inline_queries": False}
+                "can_read_all_group_messages": False, "supports_inline_queries": False,
+                # Bot API 9.3/9.4: the bot's topic mode in private chats (enable_topics).
+                "has_topics_enabled": any(chat > 0 for chat in self._forums),
+                "allows_users_to_create_topics": False}
 
     async def _get_updates(self, p: dict, files: dict) -> Any:
         if self.webhook_url:
@@ -1849,11 +1934,13 @@ class FakeTelegram:
         markup = self._markup(p)
         plain, ents = self._parse_text(p)
         reply_to = self._check_reply_to(chat_id, p)
+        thread = self._thread_of(chat_id, p, reply_to)
         self._pace(chat_id)
         msg = Message(
             chat_id=chat_id, message_id=self._new_message_id(chat_id), text=plain,
             raw_text=str(p.get("text")), parse_mode=p.get("parse_mode"), reply_markup=markup,
             entities=ents, date=int(time.time()), reply_to_message_id=reply_to,
+            message_thread_id=thread,
         )
         self._messages[(chat_id, msg.message_id)] = msg
         return self._message_dict(msg)
@@ -1948,7 +2035,7 @@ class FakeTelegram:
                 raise _bad("PHOTO_INVALID_DIMENSIONS")
         markup = self._markup(p)
         plain, ents = self._parse_caption(p)
-        self._check_reply_to(chat_id, p)
+        thread = self._thread_of(chat_id, p, self._check_reply_to(chat_id, p))
         self._pace(chat_id)
         if stored is None:
             assert data is not None
@@ -1961,7 +2048,7 @@ class FakeTelegram:
             parse_mode=p.get("parse_mode"), reply_markup=markup, photo=stored.data,
             caption=plain or None, raw_caption=p.get("caption"), caption_entities=ents,
             date=int(time.time()), photo_file_id=stored.file_id,
-            photo_size=(stored.width, stored.height),
+            photo_size=(stored.width, stored.height), message_thread_id=thread,
         )
         self._messages[(chat_id, msg.message_id)] = msg
         return self._message_dict(msg)
@@ -1979,3 +2066,23 @@ class FakeTelegram:
 
     async def _get_chat(self, p: dict, files: dict) -> Any:
         return self._chat(self._chat_id(p))
+
+    async def _create_forum_topic(self, p: dict, files: dict) -> Any:
+        # Texts from TDLib's ForumTopicManager as telegram-bot-api words them.
+        chat_id = self._chat_id(p)
+        if chat_id not in self._forums:
+            raise _bad("the chat is not a forum")
+        name = str(p.get("name") or "").strip()[:MAX_TOPIC_NAME]
+        if not name:
+            raise _bad("title must be non-empty")
+        color = p.get("icon_color", TOPIC_ICON_COLORS[0])
+        try:
+            color = int(color)
+        except (TypeError, ValueError):
+            raise _bad("invalid icon color specified") from None
+        if not 0 <= color <= 0xFFFFFF:
+            raise _bad("invalid icon color specified")
+        self._pace(chat_id)  # a service message in the chat: Telegram's flood control counts it
+        topic = ForumTopic(chat_id, self._new_message_id(chat_id), name, color)
+        self._topics[(chat_id, topic.message_thread_id)] = topic
+        return topic.to_dict()

@@ -14,10 +14,10 @@ from storage.errors import InvalidArgument, NotFound
 from storage.records import (
     NewApproval,
     NewLedgerEntry,
-    NewRule,
     NewToolCall,
     RunUpsert,
 )
+from storage.rule_records import NewRule
 
 
 @pytest.fixture

@@ -239,8 +239,9 @@ def test_read_only_commands_do_not_migrate(tmp_path, monkeypatch, capsys):
     Store.from_url(f"sqlite:///{tmp_path / 'fresh.db'}").close()  # an empty file
     code, _, err = run_cli(capsys, "runs", "list")
     assert code == 2 and "tapgate migrate" in err
-    assert run_cli(capsys, "migrate")[1] == ("applied 0001_initial, 0002_trust, 0003_decisions, 0004_cluster, "
-                                                  "0005_webhook, 0006_teams\n")
+    assert run_cli(capsys, "migrate")[1] == (
+        "applied 0001_initial, 0002_trust, 0003_decisions, 0004_cluster, 0005_webhook, "
+        "0006_teams, 0007_routes, 0008_topics, 0009_digests, 0010_policy_teams\n")
     assert run_cli(capsys, "pending")[1] == "no pending requests\n"
 
 

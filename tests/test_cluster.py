@@ -53,7 +53,7 @@ def db(pg_url):
 
 @pytest.fixture
 async def cluster(fake, db):
-    group = Cluster(fake, db)
+    group = Cluster(fake, db, digest_threshold=0)  # one message per request: failover counts them
     try:
         yield group
     finally:

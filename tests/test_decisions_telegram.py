@@ -498,7 +498,7 @@ async def test_strangers_and_other_chats_can_use_no_button(fake, service):
 
 
 def _new_rule(**kw):
-    from storage.records import NewRule
+    from storage.rule_records import NewRule
 
     values = {"agent": "claude-code", "kind": "Bash", "match": "git *",
               "created_by": "telegram:1001 (@alice)", "chat_id": CHAT_A,
@@ -618,7 +618,8 @@ async def test_callback_data_fits_for_the_longest_ids():
 
     from bot.telegram import render
     from bot.telegram import render_rules as rr
-    from storage.records import Approval, Rule
+    from storage.records import Approval
+    from storage.rule_records import Rule
 
     now = datetime(2026, 11, 29, tzinfo=UTC)
     approval = Approval(id="x" * 40, agent="a", kind="Bash", summary="git status -s",

@@ -22,7 +22,7 @@ async def reply_in(fake, chat_id: int, after: int):
 @pytest.mark.parametrize("command,target,attribute", [
     ("/spend", "store", "summarize_ledger"),
     ("/spend day 7d", "store", "summarize_ledger"),
-    ("/pending", "store", "list_approvals"),
+    ("/pending", "store", "pending_in_chat"),  # a chat requests go to: its own
     ("/approve {id}", "manager", "resolve"),
     ("/deny {id} not now", "manager", "resolve"),
     ("/help", "store", "nothing"),  # control: a command that does not fail

@@ -755,3 +755,65 @@ async def test_ptb_application_round_trip(fake):
     assert stored.text == "Approved by @alice"
     assert stored.reply_markup is None
     assert fake.pending_updates == []  # PTB confirmed the update when it stopped
+
+
+# ---------------------------------------------------------------- forum topics
+
+
+async def test_forum_topics_in_a_supergroup_and_a_private_chat(fake, bot):
+    with pytest.raises(BadRequest, match="The chat is not a forum"):
+        await bot.create_forum_topic(SUPERGROUP, "deploys")
+    with pytest.raises(ValueError, match="basic group"):
+        fake.enable_topics(GROUP)
+    for chat in (SUPERGROUP, PRIVATE):
+        fake.enable_topics(chat)
+        topic = await bot.create_forum_topic(chat, "🤖 " + "x" * 200, icon_color=0xFFD67E)
+        assert (len(topic.name), topic.icon_color) == (128, 0xFFD67E)  # cut like TDLib does
+        assert topic.message_thread_id != 1  # the General topic's id
+        sent = await bot.send_message(chat, "in the topic", message_thread_id=topic.message_thread_id)
+        assert (sent.message_thread_id, sent.is_topic_message) == (topic.message_thread_id, True)
+        assert fake.message(chat, sent.message_id).message_thread_id == topic.message_thread_id
+        assert sent.chat.is_forum is (True if chat == SUPERGROUP else None)
+        reply = await bot.send_message(chat, "a reply", reply_to_message_id=sent.message_id)
+        assert reply.message_thread_id == topic.message_thread_id  # a reply stays in its topic
+        main = await bot.send_message(chat, "main thread")
+        assert (main.message_thread_id, main.is_topic_message) == (None, None)
+        assert [t.name for t in fake.topics(chat)] == [topic.name]
+    with pytest.raises(BadRequest, match="Title must be non-empty"):
+        await bot.create_forum_topic(SUPERGROUP, "   ")
+    # A group without topics ignores a thread id, as telegram-bot-api does.
+    plain = await bot.send_message(GROUP, "x", message_thread_id=7)
+    assert plain.message_thread_id is None
+
+
+async def test_a_deleted_topic_takes_its_messages_with_it(fake, bot):
+    fake.enable_topics(SUPERGROUP)
+    topic = await bot.create_forum_topic(SUPERGROUP, "run 42")
+    thread = topic.message_thread_id
+    sent = await bot.send_message(SUPERGROUP, "approve?", message_thread_id=thread)
+    photo = await bot.send_photo(SUPERGROUP, make_png(), message_thread_id=thread)
+    assert photo.message_thread_id == thread
+    fake.delete_topic(SUPERGROUP, thread)
+    assert fake.topics(SUPERGROUP) == [] and fake.messages(SUPERGROUP) == []
+    for send in (lambda: bot.send_message(SUPERGROUP, "again", message_thread_id=thread),
+                 lambda: bot.send_photo(SUPERGROUP, make_png(), message_thread_id=thread),
+                 lambda: bot.send_message(SUPERGROUP, "general", message_thread_id=1)):
+        with pytest.raises(BadRequest, match="Message thread not found"):
+            await send()
+    with pytest.raises(BadRequest, match="Message to edit not found"):
+        await bot.edit_message_text("edited", SUPERGROUP, sent.message_id)
+    assert fake.calls_of("sendMessage")[-1].description == "Bad Request: message thread not found"
+    with pytest.raises(LookupError):
+        fake.delete_topic(SUPERGROUP, thread)
+
+
+async def test_creating_topics_is_paced_like_sending(make_fake, monkeypatch):
+    monkeypatch.setenv("PTB_TIMEDELTA", "1")
+    fake = await make_fake(group_limit_per_minute=2, clock=FakeClock())
+    fake.enable_topics(SUPERGROUP)
+    async with ptb_bot(fake) as b:
+        topic = await b.create_forum_topic(SUPERGROUP, "a")
+        await b.send_message(SUPERGROUP, "1", message_thread_id=topic.message_thread_id)
+        with pytest.raises(RetryAfter):
+            await b.create_forum_topic(SUPERGROUP, "b")
+    assert [t.name for t in fake.topics(SUPERGROUP)] == ["a"]

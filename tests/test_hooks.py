@@ -434,7 +434,8 @@ async def test_the_approvers_reason_reaches_the_model_verbatim(agent, lite):  # 
 
 @pytest.mark.parametrize("agent", ["claude-code", "gemini"])
 async def test_session_end_completes_the_run_and_ends_its_session_rules(agent, lite):  # noqa: F811
-    from storage.records import NewRule, RunUpsert
+    from storage.records import RunUpsert
+    from storage.rule_records import NewRule
 
     store = lite.store
     await store.run(store.upsert_run, RunUpsert(id="sess-9", name="/home/dev/project"))

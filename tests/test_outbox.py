@@ -19,7 +19,8 @@ import pytest
 from telegram.error import BadRequest, Forbidden, NetworkError
 
 from bot.telegram import render
-from bot.telegram.notifier import TelegramNotifier, backoff_kind
+from bot.telegram.failures import backoff_kind
+from bot.telegram.notifier import TelegramNotifier
 from storage.clock import to_text
 from storage.db import is_postgres
 from storage.errors import AlreadyFinal, StorageError

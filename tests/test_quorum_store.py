@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from storage.errors import AlreadyFinal, AlreadyVoted, SelfApproval
-from storage.records import NewRule
+from storage.rule_records import NewRule
 from tests.test_store import T0, new_approval, run_threads
 
 ALICE, BOB, CAROL = "telegram:1 (@alice)", "telegram:2 (@bob)", "telegram:3 (@carol)"

@@ -10,7 +10,7 @@ import pytest
 
 from bot import rules as rule_making
 from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotFound
-from storage.records import NewRule
+from storage.rule_records import NewRule
 from storage.rules import glob_matches
 from tests.test_store import T0, add_run, count, new_approval, raw, run_threads
 

@@ -300,8 +300,9 @@ async def test_telegram_outage_delays_but_loses_nothing(fake, sqlite_url):
 
 async def test_group_chat_pacing_does_not_hold_up_private_taps(fake, sqlite_url):
     group = -1001234567890
-    svc = Service(settings_for(fake, sqlite_url, approver_chat_ids=[CHAT_A, group]),
-                  with_socket=False)
+    # One message per request (digest_threshold=0): this is about the pacing itself.
+    svc = Service(settings_for(fake, sqlite_url, approver_chat_ids=[CHAT_A, group],
+                               digest_threshold=0), with_socket=False)
     await svc.start()
     try:
         approvals = [await submit(svc, summary=f"job {i}") for i in range(22)]

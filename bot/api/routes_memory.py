@@ -59,7 +59,12 @@ ROUTES = [
           response=Items[Fact]),
     Route("PUT", "/v1/policies/{name}", put_policy, "Create or replace a policy bundle",
           "policies", response=Policy, body=PolicyPut, errors=(403,),
-          description="Always 200; created_at is kept. Admin uids only (403 for agents)."),
+          description="Always 200; created_at is kept. Admin uids only (403 for agents). "
+                      "A rule's required_approvals (1..10) is how many distinct approvers "
+                      "a call it gates needs (the largest of the rules a call matches); "
+                      "escalate_after (seconds or \"15m\", 0..30 days; 0: "
+                      "TAPGATE_ESCALATE_AFTER) is when the run's pending requests "
+                      "escalate."),
     Route("GET", "/v1/policies/{name}", get_policy, "Read a policy bundle", "policies",
           response=Policy, errors=(404,)),
     Route("GET", "/v1/policies", list_policies, "List policy bundles, newest first",

@@ -11,7 +11,8 @@ from bot.api.routes_base import ItemsOf, Route, api, body, caller, finish, path,
 from bot.api.schemas import Items, RuleCreate, RuleQuery
 from storage.clock import utcnow
 from storage.errors import Conflict, Forbidden
-from storage.records import NewRule, Rule, Run
+from storage.records import Run
+from storage.rule_records import NewRule, Rule
 
 RULES = ItemsOf(Rule)
 

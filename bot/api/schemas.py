@@ -1,9 +1,9 @@
 """Wire models of the socket API: request bodies, query strings and the response shapes
 that are not storage records.
 
-Imports only pydantic, :mod:`storage.records` and :mod:`bot.window` (the time
-bounds; standard library only), so the agents' client (:mod:`bot.client`) can
-use it without the server's dependencies. Every request
+Imports only pydantic, :mod:`storage.records`, :mod:`bot.window` (the time
+bounds) and :mod:`bot.durations` (both standard library only), so the agents'
+client (:mod:`bot.client`) can use it without the server's dependencies. Every request
 model rejects unknown fields and non-finite numbers; bounds follow the
 database columns, so nothing valid here can fail in the database.
 """
@@ -18,13 +18,16 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
+    field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from bot.durations import parse_duration
 from bot.window import bounded as bounded_instant
 from storage.errors import InvalidArgument
 from storage.records import (
@@ -312,6 +315,18 @@ class ApprovalRuleIn(Wire):
 
     tool: Key | None = None
     side_effect: Key | None = None
+    required_approvals: int | None = Field(
+        None, ge=1, le=10, description="distinct approvers such a call needs (default "
+                                       "TAPGATE_DEFAULT_REQUIRED_APPROVALS)")
+
+
+def _duration(value: Any) -> Any:
+    # "15m" or seconds, as in the settings and policy files; bounds are checked after.
+    if isinstance(value, bool):
+        raise ValueError("must be a duration (seconds or 90s, 15m, 24h, 7d)")
+    if isinstance(value, str):
+        return parse_duration(value)
+    return value
 
 
 class PolicyPut(BudgetFields):
@@ -320,6 +335,17 @@ class PolicyPut(BudgetFields):
     tool_allowlist: list[Key] = Field(default_factory=list)
     approval_rules: list[ApprovalRuleIn] = Field(default_factory=list)
     default_safe: bool = False
+    escalate_after: Annotated[float, BeforeValidator(_duration)] = Field(
+        0.0, description="a run's request still pending after this long (seconds, or "
+                         "\"15m\") is posted to the escalation chats too; 0: "
+                         "TAPGATE_ESCALATE_AFTER. At most 30 days.")
+
+    @field_validator("escalate_after")
+    @classmethod
+    def _escalation_delay(cls, value: float) -> float:
+        if value != 0 and not 1 <= value <= MAX_TTL:
+            raise ValueError("must be 0 (TAPGATE_ESCALATE_AFTER applies) or between 1s and 30d")
+        return value
 
     def rules(self) -> list[ApprovalRule]:
         return [ApprovalRule(**r.model_dump()) for r in self.approval_rules]

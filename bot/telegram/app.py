@@ -11,6 +11,7 @@ from telegram.ext import (
     CallbackQueryHandler,
     CommandHandler,
     MessageHandler,
+    TypeHandler,
     filters,
 )
 from telegram.request import HTTPXRequest
@@ -19,10 +20,11 @@ from bot.approvals import ApprovalManager
 from bot.config import Settings
 from bot.telegram import decisions, handlers, render
 from bot.telegram.fence import FencedRequest, tls_context
-from bot.telegram.gate import Gate, Refusals
+from bot.telegram.gate import Gate, Refusals, learn_routes
 from bot.telegram.notifier import TelegramNotifier
 from bot.telegram.rule_digest import RuleDigest
 from bot.telegram.updates import ChatLanes
+from bot.topics import Topics
 from storage.store import Store
 
 ALLOWED_UPDATES = [Update.MESSAGE, Update.CALLBACK_QUERY]
@@ -52,16 +54,25 @@ def build_application(settings: Settings, manager: ApprovalManager, store: Store
         .build()
     )
     app.bot_data[UPDATES_REQUEST] = updates_request  # bot.leader fences it
-    notifier = TelegramNotifier(app.bot, store, settings.request_chat_ids)
+    notifier = TelegramNotifier(app.bot, store, settings.request_chat_ids,
+                                digest_threshold=settings.digest_threshold)
     manager.subscribe(notifier.on_approval)
+    if settings.topic_per != "none":  # a forum topic per agent or run (bot/topics.py)
+        notifier.topics = Topics(app.bot, store, settings.topic_per)
+    router = manager.router  # bot.routing.Router (None: every request to every chat)
+    if router is not None:
+        notifier.router = router
+        router.subscribe(notifier.kick)  # a chat learnt while running is served at once
     digest = RuleDigest(app.bot, store, settings.approver_chat_ids, notifier)
     manager.subscribe(digest.on_approval)
     app.bot_data["tapgate"] = handlers.FrontEnd(
         manager=manager, store=store, notifier=notifier,
-        gate=Gate(set(settings.approver_user_ids), settings.request_chat_ids),
-        refusals=Refusals(), digest=digest,
+        gate=Gate(set(settings.approver_user_ids), settings.request_chat_ids, router),
+        refusals=Refusals(), digest=digest, router=router,
         session_rule_ttl=settings.session_rule_ttl)
     _schedule_digest(app, digest)
+    if router is not None:  # first of all (bot.leader's fence is group -2)
+        app.add_handler(TypeHandler(Update, learn_routes), group=-3)
     # Before every other handler, deciding nothing: a message from an approver chat
     # that refused the bot (the user unblocked it, or pressed /start) retries it now.
     app.add_handler(MessageHandler(filters.ALL, handlers.on_any_message, block=False),

@@ -24,6 +24,7 @@ from telegram.ext import ContextTypes
 from bot import rules
 from bot.telegram import render
 from bot.telegram import render_rules as rr
+from bot.telegram.digest_taps import is_digest_data, on_digest_tap
 from bot.telegram.gate import Access
 from bot.telegram.handlers import (
     FrontEnd,
@@ -73,6 +74,9 @@ async def on_callback(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     rule = RULE_DATA.match(data)
     if rule:
         await _rule_action(query, fe, int(rule.group(1)), rule.group(2))
+        return
+    if is_digest_data(data):  # Approve all / Deny all / a page of a burst digest
+        await on_digest_tap(query, fe)
         return
     log.warning("malformed callback data %r from %s", data, describe(query.from_user))
     await _answer(query, render.INVALID_BUTTON)
@@ -145,9 +149,15 @@ async def _decide_with_rule(query, context: ContextTypes.DEFAULT_TYPE, fe: Front
     text, markup = rr.widen_offer(rule, options)
     try:  # the query is answered: this may wait on a group's pacer without holding anyone
         await context.bot.send_message(chat_id, text, parse_mode=render.PARSE_MODE,
-                                       reply_markup=markup)
+                                       reply_markup=markup, message_thread_id=_topic_of(message))
     except TelegramError as exc:
         log.warning("could not offer to widen rule %s in chat %s: %s", rule.id, chat_id, exc)
+
+
+def _topic_of(message: Message | None) -> int | None:
+    """The forum topic a tapped message is in (bot/topics.py): what the bot says about it
+    goes there too. None: the main thread (also for an inaccessible message)."""
+    return message.message_thread_id if getattr(message, "is_topic_message", False) else None
 
 
 async def _ask(query, context: ContextTypes.DEFAULT_TYPE, fe: FrontEnd, approval: Approval,
@@ -173,7 +183,8 @@ async def _ask(query, context: ContextTypes.DEFAULT_TYPE, fe: FrontEnd, approval
         copy = rr.copy_markup(value)
         if copy is not None:
             # A reply to this message answers too (it is the one the value comes from).
-            copied = await context.bot.send_message(chat_id, rr.COPY_TEXT, reply_markup=copy)
+            copied = await context.bot.send_message(chat_id, rr.COPY_TEXT, reply_markup=copy,
+                                                    message_thread_id=_topic_of(message))
             await fe.store.run(fe.store.create_prompt, chat_id, copied.message_id, approval.id,
                                action, user.id)
         text = rr.edit_prompt(approval, path, value, asker(user))
@@ -182,7 +193,8 @@ async def _ask(query, context: ContextTypes.DEFAULT_TYPE, fe: FrontEnd, approval
         await _answer(query, rr.REASON_ASKED)
         text, markup = rr.reason_prompt(approval, asker(user)), rr.reason_markup()
     sent = await context.bot.send_message(chat_id, text, parse_mode=render.PARSE_MODE,
-                                          reply_markup=markup, reply_parameters=reply_to)
+                                          reply_markup=markup, reply_parameters=reply_to,
+                                          message_thread_id=_topic_of(message))
     await fe.store.run(fe.store.create_prompt, chat_id, sent.message_id, approval.id, action,
                        user.id)
 

@@ -1,12 +1,13 @@
 """Who may use the bot where, and how strangers are answered without slowing anyone.
 
 Commands and taps count only from an allowed user (``TAPGATE_APPROVER_USER_IDS``)
-in an approver chat (``TAPGATE_APPROVER_CHAT_IDS``, or the private chat of an
-allowed user). Anything else gets at most a short refusal, and the refusals
-are cheap for the bot: one per user per interval, sent from tasks no handler
-waits for (a reply to a group is paced at 20 a minute by the rate limiter,
-and nothing else may queue behind it), and at most a few in flight — beyond
-that they are dropped, since a refusal carries no information anyone needs.
+in an approver chat (``TAPGATE_APPROVER_CHAT_IDS``, a chat a route posts to, or
+the private chat of an allowed user). Anything else gets at most a short
+refusal, and the refusals are cheap for the bot: one per user per interval, sent
+from tasks no handler waits for (a reply to a group is paced at 20 a minute by
+the rate limiter, and nothing else may queue behind it), and at most a few in
+flight — beyond that they are dropped, since a refusal carries no information
+anyone needs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
-from telegram import Chat, User
+from telegram import Chat, Update, User
 from telegram.error import TelegramError
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,18 @@ class Access(enum.Enum):
 class Gate:
     """The access rule: an allowed user in an approver chat."""
 
-    def __init__(self, approver_ids: set[int], chat_ids: list[int]):
+    def __init__(self, approver_ids: set[int], chat_ids: list[int], router=None):
         self.approver_ids = set(approver_ids)
         self.chat_ids = set(chat_ids)
+        self.router = router  # bot.routing.Router: route chats are approver chats too
 
     def is_approver_chat(self, chat: Chat | None, user: User | None) -> bool:
-        """A configured chat, or the private chat of an allowed user (chat id = user id)."""
+        """A configured chat, a route's chat, or the private chat of an allowed user
+        (chat id = user id)."""
         if chat is None:
             return False
-        if chat.id in self.chat_ids:
+        if chat.id in self.chat_ids or (self.router is not None
+                                        and self.router.is_route_chat(chat.id)):
             return True
         return (chat.type == Chat.PRIVATE and user is not None and chat.id == user.id
                 and user.id in self.approver_ids)
@@ -55,6 +59,17 @@ class Gate:
         if user is None or user.id not in self.approver_ids:
             return Access.STRANGER
         return Access.ALLOWED
+
+
+async def learn_routes(update: Update, context) -> None:
+    """Before every other handler (decides nothing): an update from a chat the router
+    does not know, while its routes may be stale, waits for one refresh, so a chat that
+    routes applied elsewhere (``tapgate policy apply``) just added is an approver chat."""
+    gate = context.application.bot_data["tapgate"].gate
+    chat = update.effective_chat
+    if (chat is not None and gate.router is not None and chat.id not in gate.chat_ids
+            and not gate.router.is_route_chat(chat.id) and gate.router.stale):
+        await gate.router.refresh()
 
 
 class Refusals:

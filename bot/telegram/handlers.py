@@ -52,6 +52,7 @@ class FrontEnd:
     extras: dict[str, Any] = field(default_factory=dict)
     session_rule_ttl: float = 8 * 3600.0  # TAPGATE_SESSION_RULE_TTL
     digest: Any = None  # bot.telegram.rule_digest.RuleDigest, once wired
+    router: Any = None  # bot.routing.Router: which chats see which requests
 
 
 def front(context: ContextTypes.DEFAULT_TYPE) -> FrontEnd:
@@ -123,27 +124,50 @@ async def answer_already(query, fe: FrontEnd, approval) -> None:
         fe.notifier.repair(message.chat.id, message.message_id, approval)
 
 
+@dataclass
+class Decided:
+    """What one tap's decision on one request came to: ``decided`` (this tap decided
+    it), ``voted`` (counted; more approvers needed), ``already`` (final before),
+    ``refused`` (a vote that does not count: ``error`` says why), ``unknown``."""
+
+    result: str
+    approval: Any = None
+    error: Exception | None = None
+
+
+async def decide_request(fe: FrontEnd, approval_id: str, status: str, user: User) -> Decided:
+    """The one path every tap decides a request by (its own buttons, a digest's line
+    or its Approve all): one compare-and-set, or a vote, through the manager."""
+    try:
+        approval = await fe.manager.resolve(approval_id, status, describe(user))
+    except NotFound:
+        return Decided("unknown")
+    except AlreadyFinal as exc:
+        return Decided("already", exc.approval)
+    except (AlreadyVoted, SelfApproval) as exc:  # a request needing several approvers
+        return Decided("refused", exc.approval, exc)
+    return Decided("voted" if approval.status == "pending" else "decided", approval)
+
+
 async def decide_by_tap(query, fe: FrontEnd) -> None:
     """A tap on Approve or Deny (``appr:<id>:approve|deny``), by an allowed user."""
     user = query.from_user
     try:
         approval_id, status = parse_callback_data(query.data or "")
-        approval = await fe.manager.resolve(approval_id, status, describe(user))
+        decided = await decide_request(fe, approval_id, status, user)
     except InvalidArgument:
         log.warning("malformed callback data %r from %s", query.data, describe(user))
         await _answer(query, render.INVALID_BUTTON)
         return
-    except NotFound:
+    if decided.result == "unknown":
         await _answer(query, render.UNKNOWN_REQUEST)
-        return
-    except AlreadyFinal as exc:
-        await answer_already(query, fe, exc.approval)
-        return
-    except (AlreadyVoted, SelfApproval) as exc:  # a request needing several approvers
-        await _answer(query, render.vote_refused(exc), alert=True)
-        return
-    await asyncio.sleep(0)  # let the woken agents' waits return before we build the answer
-    await _answer(query, render.decided_answer(approval))
+    elif decided.result == "already":
+        await answer_already(query, fe, decided.approval)
+    elif decided.result == "refused":
+        await _answer(query, render.vote_refused(decided.error), alert=True)
+    else:
+        await asyncio.sleep(0)  # let the woken agents' waits return before we answer
+        await _answer(query, render.decided_answer(decided.approval))
 
 
 def _admitted(update: Update, context: ContextTypes.DEFAULT_TYPE) -> bool:
@@ -183,13 +207,20 @@ async def on_help(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 @guarded
 async def on_pending(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/pending: the oldest pending requests with their buttons."""
+    """/pending: the oldest pending requests with their buttons; in a chat requests are
+    posted to, only those with a copy there (routed or escalated there)."""
     if not _admitted(update, context):
         return
-    store = front(context).store
-    listed = await store.run(store.list_approvals, "pending", render.PENDING_LISTED + 1, True)
-    total = await store.run(store.count_approvals, "pending") if len(listed) > \
-        render.PENDING_LISTED else len(listed)
+    fe = front(context)
+    store, chat_id = fe.store, update.effective_chat.id
+    if fe.router is not None and fe.router.is_route_chat(chat_id):
+        listed = await store.run(store.pending_in_chat, chat_id, render.PENDING_LISTED + 1)
+        count = functools.partial(store.count_pending_in_chat, chat_id)
+    else:  # an allowed user's private chat that no route posts to: everything
+        listed = await store.run(store.list_approvals, "pending", render.PENDING_LISTED + 1,
+                                 True)
+        count = functools.partial(store.count_approvals, "pending")
+    total = await store.run(count) if len(listed) > render.PENDING_LISTED else len(listed)
     shown = listed[: render.PENDING_LISTED]
     text, markup = render.pending_listing(shown, total - len(shown))
     await _reply(update, text, markup)

@@ -22,61 +22,29 @@ import html
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 
 from telegram import Bot, InlineKeyboardMarkup, Message
 from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
 
 from bot.telegram import render
-from bot.telegram.fit import clip, one_line
+from bot.telegram.failures import (
+    QUIET_EDIT_ERRORS,
+    TEXT_ERRORS,
+    THREAD_ERRORS,
+    NotLeading,
+    backoff_kind,
+    plain_text,
+    says,
+    seconds_of,
+)
 from storage.copies import UnpostedOutcome
-from storage.errors import StorageError
 from storage.records import Approval, MessageRef
 from storage.store import Store
 
 log = logging.getLogger(__name__)
 
-QUIET_EDIT_ERRORS = ("message is not modified", "message to edit not found",
-                     "message can't be edited", "message_id_invalid")
-# Telegram refuses the text, not the message: the same request as plain text gets through.
-TEXT_ERRORS = ("can't parse entities", "message is too long", "text is too long",
-               "entities_too_long", "message_too_long")
 DIGEST_MIN = 3
 _TAG = re.compile(r"<[^>]+>")
-
-
-class NotLeading(Exception):
-    """The fence refused a send: another instance may lead now (see bot.cluster)."""
-
-
-def _seconds(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-def _says(exc: TelegramError, needles: tuple[str, ...]) -> bool:
-    text = str(exc).lower()
-    return any(n in text for n in needles)
-
-
-def plain_text(approval: Approval) -> str:
-    """The minimal text of a copy whose full text Telegram refuses: outcome, id and kind,
-    without entities (nothing left to parse) and far below 4096 characters."""
-    status = approval.status
-    line = f"{render.OUTCOME_ICON[status]} {render.OUTCOME_WORD[status]}"
-    if status in ("approved", "denied"):
-        line += f" by {render.who(approval.decided_by)}"
-    return f"{line} · request {approval.id} ({clip(one_line(approval.kind), 64)})"
-
-
-def backoff_kind(exc: BaseException) -> str:
-    """Which backoff a failed round takes: the database comes back within seconds (and
-    must be caught up at once), a chat that refuses the bot may take hours, anything
-    else (network, Telegram 5xx) is an outage."""
-    if isinstance(exc, StorageError):
-        return "storage"
-    if isinstance(exc, Forbidden | ChatMigrated):
-        return "refused"
-    return "outage"
 
 
 class TelegramNotifier:
@@ -92,7 +60,8 @@ class TelegramNotifier:
     def __init__(self, bot: Bot, store: Store, chat_ids: list[int],
                  retry_base: float = 0.5, retry_max: float = 30.0,
                  refusal_base: float = 1.0, refusal_max: float = 300.0,
-                 storage_base: float = 0.1, storage_max: float = 1.0, page: int = 200):
+                 storage_base: float = 0.1, storage_max: float = 1.0, page: int = 200,
+                 digest_threshold: int = 0):
         self.bot = bot
         self.store = store
         self.chat_ids = list(dict.fromkeys(chat_ids))
@@ -112,9 +81,15 @@ class TelegramNotifier:
         # Several instances: before every post or edit, whether this instance still
         # leads (bot.cluster's lease); None: always (a single instance).
         self.fence: Callable[[], Awaitable[bool]] | None = None
+        # Routes (bot.routing.Router): more chats to serve than chat_ids, learnt while
+        # running (routes applied by a policy file); None: chat_ids only.
+        self.router = None
         # Forum topics (bot.topics.Topics): the thread of a chat a request is posted in;
         # None: no topics (every message goes to the chat's main thread).
         self.topics = None
+        from bot.telegram.digest import DigestOutbox  # bursts; it builds on this module
+
+        self.digests = DigestOutbox(self, digest_threshold)  # 0: no new digests
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -148,12 +123,19 @@ class TelegramNotifier:
         """Mark every chat as having work and make sure its worker runs."""
         if not self._running:
             return
-        for chat_id in self.chat_ids:
+        for chat_id in self._served():
             self._dirty[chat_id] = True
             worker = self._workers.get(chat_id)
             if worker is None or worker.done():
                 self._workers[chat_id] = asyncio.create_task(
                     self._work(chat_id), name=f"tapgate-notify-{chat_id}")
+
+    def _served(self) -> list[int]:
+        """The chats to serve: chat_ids, and every chat the router may post to or still
+        owes copies in."""
+        if self.router is None:
+            return self.chat_ids
+        return list(dict.fromkeys([*self.chat_ids, *self.router.served_chat_ids()]))
 
     def heard_from(self, chat_id: int) -> None:
         """A message came from ``chat_id``: if its worker is backing off because the chat
@@ -194,9 +176,9 @@ class TelegramNotifier:
                 raise
             except RetryAfter as exc:
                 self._dirty[chat_id] = True
-                log.warning("Telegram asks to wait %.0f s (chat %s)", _seconds(exc.retry_after),
+                log.warning("Telegram asks to wait %.0f s (chat %s)", seconds_of(exc.retry_after),
                             chat_id)
-                await asyncio.sleep(_seconds(exc.retry_after))
+                await asyncio.sleep(seconds_of(exc.retry_after))
             except Exception as exc:  # refused, network down, Telegram 5xx, database hiccup
                 self._dirty[chat_id] = True
                 kind = backoff_kind(exc)
@@ -214,13 +196,29 @@ class TelegramNotifier:
 
     async def _pay_owed(self, chat_id: int) -> None:
         """Pay one page of the chat's owed copies, in the store's priority order. Returns
-        early (to read again) when something changed: a new request goes first."""
+        early (to read again) when something changed: a new request goes first. A burst
+        is folded into digests first; a digest is paid once per round (one message)."""
+        posting = await self._posts_to(chat_id)
+        if posting:
+            await self.digests.open_new(chat_id)
         owed = await self.store.run(self.store.messages_owed, chat_id, self.page)
         backlog: list[UnpostedOutcome] | None = None
+        paid: set[int] = set()
         for ref, approval in owed:
             if not self._running:
                 return
-            if approval.is_final and ref.message_id is None:
+            if ref.digest_id in paid:
+                continue
+            if not posting and ref.message_id is None and ref.digest_id is None:
+                # Taken out of the settings or routes before its copy was posted: a chat
+                # someone removed gets edits of what it shows, never a new message.
+                log.warning("chat %s is no longer one requests go to: request %s is not "
+                            "posted there", chat_id, approval.id)
+                await self.store.run(self.store.give_up_message, ref.id, approval.shown_as)
+            elif ref.digest_id is not None:
+                paid.add(ref.digest_id)
+                await self.digests.pay(chat_id, ref.digest_id)
+            elif approval.is_final and ref.message_id is None:
                 # Only the backlog is left (the order puts it last): fold it into one
                 # digest instead of replaying old requests one by one.
                 if backlog is None:
@@ -230,12 +228,23 @@ class TelegramNotifier:
                     self._failures.pop(chat_id, None)
                     self._dirty[chat_id] = True
                     return
-            await self._pay(ref, approval)
+                await self._pay(ref, approval)
+            else:
+                await self._pay(ref, approval)
             self._failures.pop(chat_id, None)
             if self._dirty.get(chat_id):
                 return  # kicked meanwhile: read again, so a new request is not queued behind
         if owed:
             self._dirty[chat_id] = True  # there may be more than one page
+
+    async def _posts_to(self, chat_id: int) -> bool:
+        """Whether new messages may go to ``chat_id``: a configured chat or a route's (the
+        routes read afresh before saying no: another process may have just added it)."""
+        if chat_id in self.chat_ids or self.router is None \
+                or self.router.is_route_chat(chat_id):
+            return True
+        await self.router.refresh()
+        return self.router.is_route_chat(chat_id)
 
     async def _pay(self, ref: MessageRef, approval: Approval) -> None:
         """Bring one copy in line with its approval."""
@@ -262,16 +271,34 @@ class TelegramNotifier:
             return None
         return await self.topics.thread_for(chat_id, approval)
 
+    async def _in_topic(self, chat_id: int, approval: Approval,
+                        post: Callable[[int | None], Awaitable[Message]]) -> Message:
+        """``post(thread)`` in the forum topic ``approval`` goes to in ``chat_id``. A topic
+        someone deleted is forgotten and the post retried once, in a new topic."""
+        thread = await self._thread(chat_id, approval)
+        try:
+            return await post(thread)
+        except BadRequest as exc:
+            if thread is None or not says(exc, THREAD_ERRORS):
+                raise
+            log.warning("topic %s of chat %s is gone (%s); posting %s in a new one",
+                        thread, chat_id, exc, approval.id)
+        await self.topics.forget(chat_id, thread)
+        return await post(await self._thread(chat_id, approval))
+
     async def _send(self, chat_id: int, approval: Approval) -> Message:
         await self._fenced()
+        return await self._in_topic(chat_id, approval,
+                                    lambda thread: self._post(chat_id, approval, thread))
+
+    async def _post(self, chat_id: int, approval: Approval, thread: int | None) -> Message:
         markup = None if approval.is_final else render.request_keyboard(approval)
-        thread = await self._thread(chat_id, approval)
         try:
             return await self.bot.send_message(chat_id, render.request_text(approval),
                                                parse_mode=render.PARSE_MODE, reply_markup=markup,
                                                message_thread_id=thread)
         except BadRequest as exc:
-            if not _says(exc, TEXT_ERRORS):
+            if not says(exc, TEXT_ERRORS):
                 raise
             log.warning("Telegram refused the text of %s for chat %s (%s); posting plain text",
                         approval.id, chat_id, exc)
@@ -285,7 +312,7 @@ class TelegramNotifier:
         try:
             await self._edit_text(chat_id, message_id, approval, markup)
         except BadRequest as exc:
-            if not _says(exc, QUIET_EDIT_ERRORS):
+            if not says(exc, QUIET_EDIT_ERRORS):
                 if ref is None:
                     raise
                 await self._give_up(ref, approval, exc)
@@ -303,7 +330,7 @@ class TelegramNotifier:
                                              reply_markup=markup)
             return
         except BadRequest as exc:
-            if not _says(exc, TEXT_ERRORS):
+            if not says(exc, TEXT_ERRORS):
                 raise
             log.warning("Telegram refused the text of %s/%s (%s); editing to plain text",
                         chat_id, message_id, exc)
@@ -318,7 +345,7 @@ class TelegramNotifier:
         try:
             await self.bot.send_message(chat_id, text, parse_mode=render.PARSE_MODE)
         except BadRequest as exc:
-            if not _says(exc, TEXT_ERRORS):
+            if not says(exc, TEXT_ERRORS):
                 raise
             await self.bot.send_message(chat_id, html.unescape(_TAG.sub("", text)))
         ref_ids = [b.ref_id for b in backlog]
@@ -359,6 +386,11 @@ class TelegramNotifier:
             for attempt in range(5):
                 try:
                     ref = await self.store.run(self.store.find_message, chat_id, message_id)
+                    if ref is not None and ref.digest_id is not None:  # its digest line
+                        if await self.store.run(self.store.owe_digest, ref.digest_id,
+                                                approval.id):
+                            self.kick()
+                        return
                     if ref is None or ref.approval_id != approval.id:
                         return
                     await self._edit(chat_id, message_id, approval, ref)
@@ -367,7 +399,7 @@ class TelegramNotifier:
                     log.warning("could not repair %s/%s: %s", chat_id, message_id, exc)
                     return
                 except RetryAfter as exc:
-                    await asyncio.sleep(_seconds(exc.retry_after))
+                    await asyncio.sleep(seconds_of(exc.retry_after))
                 except Exception as exc:  # network or database: a few quick retries
                     await asyncio.sleep(self.backoff(backoff_kind(exc), attempt + 1))
 

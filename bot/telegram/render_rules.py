@@ -25,7 +25,8 @@ from bot.telegram.fit import (
     visible_length,
 )
 from storage.clock import as_utc
-from storage.records import Approval, Rule, RuleUse
+from storage.records import Approval
+from storage.rule_records import Rule, RuleUse
 
 PROMPT_SUMMARY_MAX = 300
 NAME_MAX = 60  # agent and kind, inline

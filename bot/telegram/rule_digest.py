@@ -27,14 +27,15 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
 
 from telegram import Bot
 from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter
 
 from bot.telegram import render
 from bot.telegram import render_rules as rr
-from storage.records import Approval, RuleUse
+from bot.telegram.failures import seconds_of
+from storage.records import Approval
+from storage.rule_records import RuleUse
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,6 @@ class NotLeading(Exception):
 
 GONE = ("message to edit not found", "message can't be edited", "message_id_invalid")
 NOT_MODIFIED = "message is not modified"
-
-
-def _seconds(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 class RuleDigest:
@@ -139,7 +136,7 @@ class RuleDigest:
                 self._running = False
                 return
             except RetryAfter as exc:
-                delay = _seconds(exc.retry_after)
+                delay = seconds_of(exc.retry_after)
                 log.warning("Telegram asks to wait %.0f s (rule digest)", delay)
             except Exception as exc:  # network, Telegram 5xx, database hiccup
                 failures += 1
