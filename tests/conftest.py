@@ -32,6 +32,17 @@ def _with_db(url: str, name: str) -> str:
     return urlunparse(parts._replace(path=f"/{name}"))
 
 
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    """No TAPGATE_ variable, env file or XDG place but the test's own: HOME is a fresh
+    directory (no ~/.config/tapgate/bot.env) and so is the working one (no bot.env)."""
+    for key in list(os.environ):
+        if key.startswith(("TAPGATE_", "XDG_")):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def pg_url():
     """The URL of a fresh, migrated PostgreSQL database for this test session."""
@@ -61,6 +72,19 @@ def pg_url():
                 fresh.execute(drop)
         finally:
             admin.close()
+
+
+@pytest.fixture
+def db(pg_url):
+    """A fresh, empty PostgreSQL database of its own, dropped afterwards (several
+    instances of the bot share it; they migrate it themselves)."""
+    from tests.clusterproc import drop_database, fresh_database
+
+    url = fresh_database(PG_URL)
+    try:
+        yield url
+    finally:
+        drop_database(PG_URL, url)
 
 
 def _empty_postgres(url: str) -> None:

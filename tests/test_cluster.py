@@ -26,9 +26,7 @@ from tests.botproc import ROOT, BotProcess, bot_env
 from tests.clusterproc import (
     Cluster,
     PostCounter,
-    drop_database,
     first_after,
-    fresh_database,
     log_of,
     sent_by,
     track_polls,
@@ -39,16 +37,6 @@ from tests.test_telegram import ALICE, CHAT_A, CHAT_B
 
 APPROVE = "✅ Approve"
 FAILOVER = 5.0  # TAPGATE_FAILOVER_SECONDS's default
-
-
-@pytest.fixture
-def db(pg_url):
-    """A fresh, empty database for one cluster (the instances migrate it)."""
-    url = fresh_database(PG_URL)
-    try:
-        yield url
-    finally:
-        drop_database(PG_URL, url)
 
 
 @pytest.fixture

@@ -15,8 +15,7 @@ from collections import Counter
 import psycopg
 import pytest
 
-from tests.clusterproc import Cluster, PostCounter, drop_database, fresh_database, log_of
-from tests.conftest import PG_URL
+from tests.clusterproc import Cluster, PostCounter, log_of
 from tests.fake_telegram import User
 from tests.test_telegram import CHAT_A, CHAT_B, answer_of, edited_to
 
@@ -25,16 +24,6 @@ GROUP = -100900  # an escalation group: the fake paces it as Telegram does
 ORIGINAL = [CHAT_A, CHAT_B]  # the approver chats of tests/botproc.py
 ESCALATION = [GROUP, CAROL.id]
 ESCALATED_LOG = re.compile(r"escalated \d+ request\(s\): (.+)$", re.MULTILINE)
-
-
-@pytest.fixture
-def db(pg_url):
-    """A fresh, empty database for one cluster (the instances migrate it)."""
-    url = fresh_database(PG_URL)
-    try:
-        yield url
-    finally:
-        drop_database(PG_URL, url)
 
 
 @pytest.fixture

@@ -15,13 +15,7 @@ from bot.config import ConfigError, Settings, load_settings, parse_duration
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for key in list(os.environ):
-        if key.startswith(("TAPGATE_", "XDG_")):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.config/tapgate/bot.env
-    monkeypatch.chdir(tmp_path)  # no stray bot.env
+pytestmark = pytest.mark.usefixtures("clean_env")  # every test: no stray setting
 
 
 def test_defaults(tmp_path):

@@ -9,13 +9,9 @@ On SQLite and PostgreSQL (the ``db_url`` fixture).
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from bot.service import Service
@@ -29,7 +25,9 @@ from tests.test_telegram import (
     answer_of,
     edited_to,
     posted,
+    served_on_a_socket,
     settings_for,
+    socket_client,
     submit,
 )
 
@@ -300,20 +298,8 @@ async def test_always_without_a_shell_kind_makes_an_exact_rule_and_no_offer(fake
 @pytest.fixture
 async def api_service(fake, db_url):
     """The bot with its socket (what agents use)."""
-    sock_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="tgd-"))
-    svc = Service(settings_for(fake, db_url, socket_path=sock_dir / "tapgate.sock"))
-    await svc.start()
-    await fake.wait_polling()
-    try:
+    async with served_on_a_socket(fake, db_url) as svc:
         yield svc
-    finally:
-        await svc.stop()
-        shutil.rmtree(sock_dir, ignore_errors=True)
-
-
-def socket_client(svc: Service) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(svc.settings.socket_path)),
-                             base_url="http://tapgate", timeout=60)
 
 
 async def test_a_reason_reaches_the_agent(fake, api_service):

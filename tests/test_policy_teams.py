@@ -8,8 +8,6 @@ files and ``PUT /v1/policies``: the new fields and precise errors for absurd val
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,7 +16,6 @@ import pytest
 
 from bot.governance import approvals_required
 from bot.policyfile import load_policies
-from bot.service import Service
 from storage.errors import InvalidArgument
 from storage.records import Policy
 from tests.fake_telegram import User
@@ -31,7 +28,8 @@ from tests.test_telegram import (
     answer_of,
     edited_to,
     posted,
-    settings_for,
+    served_on_a_socket,
+    socket_client,
 )
 
 CAROL = User(1003, "carol", "Carol")
@@ -42,22 +40,10 @@ T0 = datetime(2026, 12, 1, tzinfo=UTC)
 @pytest.fixture
 async def bot(fake, db_url):
     """The bot with its socket; requests escalate after 10 minutes by the settings."""
-    sock_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="tgpt-"))  # AF_UNIX paths are short
-    svc = Service(settings_for(fake, db_url, socket_path=sock_dir / "tapgate.sock",
-                               approver_user_ids=[ALICE.id, BOB.id, CAROL.id],
-                               escalation_chat_ids=[ESCALATION], escalate_after="10m"))
-    await svc.start()
-    await fake.wait_polling()
-    try:
+    async with served_on_a_socket(fake, db_url, approver_user_ids=[ALICE.id, BOB.id, CAROL.id],
+                                  escalation_chat_ids=[ESCALATION],
+                                  escalate_after="10m") as svc:
         yield svc
-    finally:
-        await svc.stop()
-        shutil.rmtree(sock_dir, ignore_errors=True)
-
-
-def socket_of(svc: Service) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(svc.settings.socket_path)),
-                             base_url="http://tapgate", timeout=30)
 
 
 async def ok(response: httpx.Response, status: int = 200) -> dict:
@@ -96,7 +82,7 @@ def test_a_call_needs_the_largest_count_of_the_rules_it_matches():
 
 
 async def test_a_two_approver_rule_needs_two_people_before_the_call_runs(fake, bot):
-    async with socket_of(bot) as api:
+    async with socket_client(bot) as api:
         await ok(await api.put("/v1/policies/prod", json={"approval_rules": [
             {"tool": "deploy", "required_approvals": 2}, {"tool": "restart"}]}))
         await ok(await api.put("/v1/runs/r1", json={"policy_ref": "prod"}))
@@ -130,7 +116,7 @@ async def test_a_two_approver_rule_needs_two_people_before_the_call_runs(fake, b
 
 
 async def test_a_runs_requests_escalate_after_their_policys_delay(fake, bot):
-    async with socket_of(bot) as api:
+    async with socket_client(bot) as api:
         await ok(await api.put("/v1/policies/urgent", json={
             "approval_rules": [{"tool": "deploy"}], "escalate_after": "1s"}))
         await ok(await api.put("/v1/policies/calm", json={"approval_rules": [{"tool": "deploy"}]}))

@@ -34,16 +34,6 @@ DEPLOYS, DOCS, LATE, ORPHAN = -100111, -100222, -100333, -100444
 # --- TAPGATE_ROUTES ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    """No TAPGATE_ variable, env file or XDG place but the test's own."""
-    for key in list(os.environ):
-        if key.startswith(("TAPGATE_", "XDG_")):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-
-
 def test_routes_setting_is_json_with_defaults(monkeypatch, clean_env):
     monkeypatch.setenv("TAPGATE_ROUTES", '[{"agent": "deploy-*", "chats": [-100111, -100111]},'
                                          ' {"kind": "budget.grant", "chats": [42]}]')

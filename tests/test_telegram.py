@@ -6,8 +6,13 @@ Decision tests run on SQLite and PostgreSQL (the ``db_url`` fixture).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
+import httpx
 import pytest
 
 from bot.config import Settings
@@ -31,6 +36,27 @@ def settings_for(fake: FakeTelegram, db_url: str, **overrides) -> Settings:
         **overrides,
     }
     return Settings(_env_file=None, **values)
+
+
+@contextlib.asynccontextmanager
+async def served_on_a_socket(fake: FakeTelegram, db_url: str, **overrides):
+    """The bot with its Unix socket (what agents use), polling ``fake``."""
+    sock_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="tgs-"))  # AF_UNIX paths are short
+    svc = Service(settings_for(fake, db_url, socket_path=sock_dir / "tapgate.sock",
+                               **overrides))
+    await svc.start()
+    try:
+        await fake.wait_polling()
+        yield svc
+    finally:
+        await svc.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def socket_client(svc: Service) -> httpx.AsyncClient:
+    """An HTTP client on ``svc``'s socket."""
+    return httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(svc.settings.socket_path)),
+                             base_url="http://tapgate", timeout=60)
 
 
 async def submit(svc: Service, **kwargs):

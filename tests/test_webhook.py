@@ -251,15 +251,6 @@ async def test_the_fake_delivers_with_the_secret_and_redelivers_until_2xx():
 # ------------------------------------------------------------------ settings
 
 
-@pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    for key in list(os.environ):
-        if key.startswith(("TAPGATE_", "XDG_")):
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-
-
 @pytest.mark.parametrize("var,value,needle", [
     ("TAPGATE_TELEGRAM_WEBHOOK_URL", "http://bot.example.com/hook", "https://"),
     ("TAPGATE_TELEGRAM_WEBHOOK_URL", "bot.example.com/hook", "https://"),
