@@ -26,7 +26,8 @@ from telegram.error import BadRequest
 from bot.telegram import render
 from bot.telegram.failures import QUIET_EDIT_ERRORS, TEXT_ERRORS, says
 from bot.telegram.fit import MAX_TEXT, clip, esc, one_line, units, visible_length
-from storage.digests import Digest, DigestItem, NewPost
+from storage.digests import GRANT_KIND, Digest, DigestItem, NewPost
+from storage.records import Approval, MessageRef
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,17 @@ class DigestOutbox:
     @property
     def store(self):
         return self.notifier.store
+
+    def may_open(self, owed: list[tuple[MessageRef, Approval]]) -> bool:
+        """Whether a page of owed copies (``messages_owed``: new posts come first) holds
+        more new posts than the threshold: only then is it worth looking for a burst
+        (:meth:`open_new` reads again, per topic), so a lone request costs no query."""
+        if self.threshold <= 0:
+            return False
+        new = sum(1 for ref, approval in owed if ref.message_id is None
+                  and ref.digest_id is None and approval.status == "pending"
+                  and approval.kind != GRANT_KIND)
+        return new > self.threshold
 
     async def open_new(self, chat_id: int) -> int:
         """Fold the chat's new posts into digests if there are more than the threshold

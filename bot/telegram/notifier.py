@@ -199,9 +199,9 @@ class TelegramNotifier:
         early (to read again) when something changed: a new request goes first. A burst
         is folded into digests first; a digest is paid once per round (one message)."""
         posting = await self._posts_to(chat_id)
-        if posting:
-            await self.digests.open_new(chat_id)
         owed = await self.store.run(self.store.messages_owed, chat_id, self.page)
+        if posting and self.digests.may_open(owed) and await self.digests.open_new(chat_id):
+            owed = await self.store.run(self.store.messages_owed, chat_id, self.page)
         backlog: list[UnpostedOutcome] | None = None
         paid: set[int] = set()
         for ref, approval in owed:
