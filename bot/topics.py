@@ -96,12 +96,13 @@ class Topics:
 
     async def forget(self, chat_id: int, thread_id: int) -> None:
         """Telegram says topic ``thread_id`` of ``chat_id`` is gone: forget it, so the next
-        :meth:`thread_for` of its key creates a new one."""
+        :meth:`thread_for` of its key creates a new one, and owe the requests still
+        pending in it as new posts (their messages were deleted with it)."""
         for cached in [k for k, t in self._threads.items() if k[0] == chat_id and t == thread_id]:
             del self._threads[cached]
-        await self.store.run(self.store.forget_topic, chat_id, thread_id)
-        log.info("topic %s of chat %s is gone; the next request makes a new one",
-                 thread_id, chat_id)
+        await self.store.run(self.store.forget_topic, chat_id, thread_id, self.per)
+        log.info("topic %s of chat %s is gone; the next request makes a new one, and "
+                 "the requests still pending in it are posted again", thread_id, chat_id)
 
     # --- inside ---------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from storage.base import StoreBase, unit_of_work
+from storage.clock import to_text
 from storage.models import ForumTopicRow
 
 
@@ -59,11 +60,43 @@ class TopicStore(StoreBase):
         return Topic(chat_id, key, thread_id, name, now)
 
     @unit_of_work
-    def forget_topic(self, chat_id: int, thread_id: int) -> int:
+    def forget_topic(self, chat_id: int, thread_id: int, per: str | None = None,
+                     now: datetime | None = None) -> int:
         """Forget the topic ``thread_id`` of ``chat_id`` (someone deleted it), whatever key
-        it served; the number of rows deleted. A newer topic of the same key is kept."""
+        it served; the number of rows deleted. A newer topic of the same key is kept.
+
+        With ``per`` (the topic mode, ``agent`` or ``run``), the copies of still-pending
+        requests that were posted in it since it was made are owed again as new posts
+        (their messages went with the topic), in the same transaction.
+        """
         with self.write():
+            gone = list(ForumTopicRow.select().where((ForumTopicRow.chat_id == chat_id)
+                                                     & (ForumTopicRow.thread_id == thread_id)))
+            if per is not None:
+                for topic in gone:
+                    self._owe_again(chat_id, topic.topic_key, topic.created_at, per,
+                                    now or self.clock())
             return (ForumTopicRow.delete()
                     .where((ForumTopicRow.chat_id == chat_id)
                            & (ForumTopicRow.thread_id == thread_id))
                     .execute())
+
+    def _owe_again(self, chat_id: int, key: str, since: datetime, per: str,
+                   now: datetime) -> int:
+        kind, _, name = key.partition(":")
+        if kind == "run":
+            whose = 'a."run_id" = {p}'
+        elif per == "run":  # the agent's topic holds its requests without a run
+            whose = 'a."agent" = {p} AND a."run_id" IS NULL'
+        else:
+            whose = 'a."agent" = {p}'
+        p = self.db.param
+        # Posted since the topic was made (a copy records its message after the send):
+        # copies in the main thread from before topics were on stay as they are.
+        sql = ('UPDATE "approval_message" SET "message_id" = NULL, "shown" = NULL, '
+               f'"owed" = TRUE, "updated_at" = {p} WHERE "chat_id" = {p} '
+               f'AND "digest_id" IS NULL AND "message_id" IS NOT NULL AND "updated_at" >= {p} '
+               'AND "approval_id" IN (SELECT a."id" FROM "approval" AS a '
+               f'WHERE a."status" = \'pending\' AND {whose.format(p=p)})')
+        return self.db.execute_sql(sql, (to_text(now), chat_id, to_text(since),
+                                         name)).rowcount

@@ -132,21 +132,31 @@ async def test_a_deleted_topic_is_made_again_and_the_request_still_posted(fake, 
     try:
         old = await submit(svc)
         gone = await posted(fake, FORUM, old.id)
+        done = await submit(svc, summary="decided before the topic went")
+        await posted(fake, FORUM, done.id)
+        await svc.manager.resolve(done.id, "denied", "api")
+        elsewhere = await submit(svc, agent="codex")  # another agent's topic: untouched
+        kept = await posted(fake, FORUM, elsewhere.id)
         fake.delete_topic(FORUM, gone.message_thread_id)
         new = await submit(svc)
         msg = await posted(fake, FORUM, new.id)
         await fake.wait_for_error("sendMessage", lambda c: c.params.get("message_thread_id")
                                   == gone.message_thread_id)
-        [topic] = fake.topics(FORUM)
+        [topic] = [t for t in fake.topics(FORUM) if t.name == "🤖 builder"]
         assert msg.message_thread_id == topic.message_thread_id != gone.message_thread_id
-        assert topic.name == "🤖 builder"
         stored = await svc.store.run(svc.store.get_topic, FORUM, "agent:builder")
         assert stored.thread_id == topic.message_thread_id
-        # The request whose message went with the old topic still decides (by command).
-        fake.send_text(FORUM, ALICE, f"/approve {old.id}", chat_type="supergroup",
-                       thread_id=topic.message_thread_id)
+        # The request still pending in the deleted topic is posted again, in the new one.
+        again = await fake.wait_until(lambda: next(
+            (m for m in fake.messages(FORUM) if old.id in (m.text or "")), None),
+            what="the pending request posted again")
+        assert again.message_thread_id == topic.message_thread_id
+        tap = fake.tap(FORUM, again.message_id, ALICE, button_text="✅ Approve")
+        assert "Approved" in await answer_of(fake, tap)
         assert (await svc.manager.wait(old.id, 10)).status == "approved"
-        await reply_text(fake, FORUM, "Approved")
+        assert not [m for m in fake.messages(FORUM) if done.id in (m.text or "")]
+        assert [m.message_id for m in fake.messages(FORUM)
+                if elsewhere.id in (m.text or "")] == [kept.message_id]
     finally:
         await svc.stop()
 

@@ -284,6 +284,7 @@ class TelegramNotifier:
             log.warning("topic %s of chat %s is gone (%s); posting %s in a new one",
                         thread, chat_id, exc, approval.id)
         await self.topics.forget(chat_id, thread)
+        self._dirty[chat_id] = True  # the requests still pending in it are owed again
         return await post(await self._thread(chat_id, approval))
 
     async def _send(self, chat_id: int, approval: Approval) -> Message:
