@@ -16,7 +16,7 @@ from bot.service import Service
 from bot.topics import Topics
 from storage.records import Approval, RunUpsert
 from tests.fake_telegram import FakeTelegram
-from tests.test_decisions_telegram import prompt, reply_text
+from tests.test_decisions_telegram import prompt
 from tests.test_telegram import ALICE, BOB, answer_of, edited_to, posted, settings_for, submit
 
 FORUM = -1001000000001  # a supergroup; each test turns its topics on (or not)
