@@ -16,15 +16,13 @@ owed digest once per round, through the notifier's fence and records.
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
-import re
 
 from telegram import InlineKeyboardButton, InlineKeyboardMarkup
 from telegram.error import BadRequest
 
 from bot.telegram import render
-from bot.telegram.failures import QUIET_EDIT_ERRORS, TEXT_ERRORS, says
+from bot.telegram.failures import QUIET_EDIT_ERRORS, says, without_tags
 from bot.telegram.fit import MAX_TEXT, clip, esc, one_line, units, visible_length
 from storage.digests import GRANT_KIND, Digest, DigestItem, NewPost
 from storage.records import Approval, MessageRef
@@ -40,7 +38,6 @@ NEW_POSTS_READ = 1000  # new posts one round may fold into digests
 SETTLE_STEP, SETTLE_MAX = 0.1, 1.0
 FIELD_MAX = 24  # kind and agent on a line
 ID_MAX = 16
-_TAG = re.compile(r"<[^>]+>")
 
 VOTE_ICON = "🗳"
 
@@ -165,11 +162,6 @@ def digest_keyboard(digest_id: int, items: list[DigestItem], page: int
     return InlineKeyboardMarkup(rows)
 
 
-def plain(text: str) -> str:
-    """The digest without entities, for a text Telegram refuses to parse."""
-    return html.unescape(_TAG.sub("", text))
-
-
 class DigestOutbox:
     """The notifier's digest part: open digests for bursts, post and edit them.
 
@@ -263,29 +255,12 @@ class DigestOutbox:
         await store.run(store.record_digest, digest_id, shown, digest.page)
 
     async def _send(self, chat_id: int, text: str, markup, thread: int | None):
-        bot = self.notifier.bot
         await self.notifier._fenced()
-        try:
-            return await bot.send_message(chat_id, text, parse_mode=render.PARSE_MODE,
-                                          reply_markup=markup, message_thread_id=thread)
-        except BadRequest as exc:
-            if not says(exc, TEXT_ERRORS):
-                raise
-        return await bot.send_message(chat_id, plain(text), reply_markup=markup,
-                                      message_thread_id=thread)
+        return await self.notifier.send_text(chat_id, text, without_tags(text), markup, thread)
 
     async def _edit(self, chat_id: int, message_id: int, text: str, markup) -> None:
-        bot = self.notifier.bot
         await self.notifier._fenced()
-        try:
-            await bot.edit_message_text(text, chat_id=chat_id, message_id=message_id,
-                                        parse_mode=render.PARSE_MODE, reply_markup=markup)
-            return
-        except BadRequest as exc:
-            if not says(exc, TEXT_ERRORS):
-                raise
-        await bot.edit_message_text(plain(text), chat_id=chat_id, message_id=message_id,
-                                    reply_markup=markup)
+        await self.notifier.edit_text(chat_id, message_id, text, without_tags(text), markup)
 
     async def _give_up(self, digest_id: int, shown: dict[int, str], exc: BadRequest) -> None:
         log.error("Telegram refused digest %s: %s", digest_id, exc)

@@ -4,6 +4,8 @@ a forum topic is gone, and which backoff a failed round takes."""
 
 from __future__ import annotations
 
+import html
+import re
 from datetime import timedelta
 
 from telegram.error import ChatMigrated, Forbidden, TelegramError
@@ -56,3 +58,12 @@ def backoff_kind(exc: BaseException) -> str:
     if isinstance(exc, Forbidden | ChatMigrated):
         return "refused"
     return "outage"
+
+
+_TAG = re.compile(r"<[^>]+>")
+
+
+def without_tags(text: str) -> str:
+    """An HTML text as plain text (tags dropped, entities unescaped): what is sent when
+    Telegram refuses to parse the HTML."""
+    return html.unescape(_TAG.sub("", text))

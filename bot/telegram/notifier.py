@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import logging
-import re
 from collections.abc import Awaitable, Callable
 
 from telegram import Bot, InlineKeyboardMarkup, Message
@@ -36,6 +34,7 @@ from bot.telegram.failures import (
     plain_text,
     says,
     seconds_of,
+    without_tags,
 )
 from storage.copies import UnpostedOutcome
 from storage.records import Approval, MessageRef
@@ -44,7 +43,6 @@ from storage.store import Store
 log = logging.getLogger(__name__)
 
 DIGEST_MIN = 3
-_TAG = re.compile(r"<[^>]+>")
 
 
 class TelegramNotifier:
@@ -218,18 +216,17 @@ class TelegramNotifier:
             elif ref.digest_id is not None:
                 paid.add(ref.digest_id)
                 await self.digests.pay(chat_id, ref.digest_id)
-            elif approval.is_final and ref.message_id is None:
-                # Only the backlog is left (the order puts it last): fold it into one
-                # digest instead of replaying old requests one by one.
-                if backlog is None:
-                    backlog = await self.store.run(self.store.unposted_outcomes, chat_id)
-                if len(backlog) > DIGEST_MIN:
-                    await self._digest(chat_id, backlog)
-                    self._failures.pop(chat_id, None)
-                    self._dirty[chat_id] = True
-                    return
-                await self._pay(ref, approval)
             else:
+                if approval.is_final and ref.message_id is None:
+                    # Only the backlog is left (the order puts it last): fold it into one
+                    # digest instead of replaying old requests one by one.
+                    if backlog is None:
+                        backlog = await self.store.run(self.store.unposted_outcomes, chat_id)
+                    if len(backlog) > DIGEST_MIN:
+                        await self._digest(chat_id, backlog)
+                        self._failures.pop(chat_id, None)
+                        self._dirty[chat_id] = True
+                        return
                 await self._pay(ref, approval)
             self._failures.pop(chat_id, None)
             if self._dirty.get(chat_id):
@@ -289,22 +286,40 @@ class TelegramNotifier:
 
     async def _send(self, chat_id: int, approval: Approval) -> Message:
         await self._fenced()
-        return await self._in_topic(chat_id, approval,
-                                    lambda thread: self._post(chat_id, approval, thread))
-
-    async def _post(self, chat_id: int, approval: Approval, thread: int | None) -> Message:
         markup = None if approval.is_final else render.request_keyboard(approval)
+        return await self._in_topic(chat_id, approval, lambda thread: self.send_text(
+            chat_id, render.request_text(approval), plain_text(approval), markup, thread))
+
+    async def send_text(self, chat_id: int, text: str, plain: str,
+                        markup: InlineKeyboardMarkup | None = None,
+                        thread: int | None = None) -> Message:
+        """Send ``text`` (HTML); if Telegram refuses the text itself, ``plain`` instead
+        (no entities), so the message still gets through. The caller has fenced."""
         try:
-            return await self.bot.send_message(chat_id, render.request_text(approval),
-                                               parse_mode=render.PARSE_MODE, reply_markup=markup,
-                                               message_thread_id=thread)
+            return await self.bot.send_message(chat_id, text, parse_mode=render.PARSE_MODE,
+                                               reply_markup=markup, message_thread_id=thread)
         except BadRequest as exc:
             if not says(exc, TEXT_ERRORS):
                 raise
-            log.warning("Telegram refused the text of %s for chat %s (%s); posting plain text",
-                        approval.id, chat_id, exc)
-        return await self.bot.send_message(chat_id, plain_text(approval), reply_markup=markup,
+            log.warning("Telegram refused a text for chat %s (%s); sending plain text",
+                        chat_id, exc)
+        return await self.bot.send_message(chat_id, plain, reply_markup=markup,
                                            message_thread_id=thread)
+
+    async def edit_text(self, chat_id: int, message_id: int, text: str, plain: str,
+                        markup: InlineKeyboardMarkup | None = None) -> None:
+        """:meth:`send_text` for an edit of ``message_id`` (no ``markup``: no buttons)."""
+        try:
+            await self.bot.edit_message_text(text, chat_id=chat_id, message_id=message_id,
+                                             parse_mode=render.PARSE_MODE, reply_markup=markup)
+            return
+        except BadRequest as exc:
+            if not says(exc, TEXT_ERRORS):
+                raise
+            log.warning("Telegram refused the text of %s/%s (%s); editing to plain text",
+                        chat_id, message_id, exc)
+        await self.bot.edit_message_text(plain, chat_id=chat_id, message_id=message_id,
+                                         reply_markup=markup)
 
     async def _edit(self, chat_id: int, message_id: int, approval: Approval,
                     ref: MessageRef | None) -> None:
@@ -325,30 +340,15 @@ class TelegramNotifier:
     async def _edit_text(self, chat_id: int, message_id: int, approval: Approval,
                          markup: InlineKeyboardMarkup | None) -> None:
         await self._fenced()
-        try:
-            await self.bot.edit_message_text(render.request_text(approval), chat_id=chat_id,
-                                             message_id=message_id, parse_mode=render.PARSE_MODE,
-                                             reply_markup=markup)
-            return
-        except BadRequest as exc:
-            if not says(exc, TEXT_ERRORS):
-                raise
-            log.warning("Telegram refused the text of %s/%s (%s); editing to plain text",
-                        chat_id, message_id, exc)
-        await self.bot.edit_message_text(plain_text(approval), chat_id=chat_id,
-                                         message_id=message_id, reply_markup=markup)
+        await self.edit_text(chat_id, message_id, render.request_text(approval),
+                             plain_text(approval), markup)
 
     async def _digest(self, chat_id: int, backlog: list[UnpostedOutcome]) -> None:
         """One message listing the requests decided before their copy was posted here;
         their copies are then settled without a message of their own."""
         text = render.outcomes_digest([(b.approval_id, b.kind, b.status) for b in backlog])
         await self._fenced()
-        try:
-            await self.bot.send_message(chat_id, text, parse_mode=render.PARSE_MODE)
-        except BadRequest as exc:
-            if not says(exc, TEXT_ERRORS):
-                raise
-            await self.bot.send_message(chat_id, html.unescape(_TAG.sub("", text)))
+        await self.send_text(chat_id, text, without_tags(text))
         ref_ids = [b.ref_id for b in backlog]
         await self._record(chat_id, lambda: self.store.settle_unposted(ref_ids))
 
