@@ -69,10 +69,15 @@ def rule_matches(rule, tool: str, side_effect: str) -> bool:
                                                                           rule.side_effect))
 
 
+def default_safe_applies(policy: Policy, side_effect: str) -> bool:
+    """A ``default_safe`` policy gates every call with a side effect."""
+    return policy.default_safe and bool(side_effect) and side_effect != "none"
+
+
 def needs_approval(policy: Policy | None, tool: str, side_effect: str) -> bool:
     if policy is None:
         return False
-    if policy.default_safe and side_effect and side_effect != "none":
+    if default_safe_applies(policy, side_effect):
         return True
     return any(rule_matches(rule, tool, side_effect) for rule in policy.approval_rules)
 
@@ -83,7 +88,7 @@ def approvals_required(policy: Policy, tool: str, side_effect: str, default: int
     ``default_safe`` match, count as ``default``)."""
     counts = [rule.required_approvals or default for rule in policy.approval_rules
               if rule_matches(rule, tool, side_effect)]
-    if policy.default_safe and side_effect and side_effect != "none":
+    if default_safe_applies(policy, side_effect):
         counts.append(default)
     return max(counts, default=default)
 

@@ -100,10 +100,13 @@ def glob_pattern(glob: str) -> re.Pattern | None:
                               for c in glob), re.DOTALL)
 
 
+def _covers(pattern: re.Pattern | None, text: str) -> bool:
+    return pattern is None or pattern.fullmatch(text) is not None
+
+
 def glob_matches(glob: str, text: str) -> bool:
     """True if ``glob`` (``*`` any run, ``?`` one character) covers all of ``text``."""
-    pattern = glob_pattern(glob)
-    return pattern is None or pattern.fullmatch(text) is not None
+    return _covers(glob_pattern(glob), text)
 
 
 class _Compiled(NamedTuple):
@@ -118,8 +121,7 @@ def _compile(route: Route) -> _Compiled:
 
 def _first_match(routes: list[_Compiled], agent: str, kind: str) -> list[int] | None:
     for route in routes:
-        if ((route.agent is None or route.agent.fullmatch(agent))
-                and (route.kind is None or route.kind.fullmatch(kind))):
+        if _covers(route.agent, agent) and _covers(route.kind, kind):
             return route.chats
     return None
 

@@ -42,6 +42,15 @@ _OWED_ORDER = ('CASE WHEN a."status" = \'pending\' THEN 0 WHEN m."message_id" IS
                'ELSE m."id" END')
 
 
+def shown_key(store: StoreBase, status: str, required: int, escalated_at: object,
+              approval_id: str) -> str:
+    """Inside a unit of work: the display key (:func:`storage.records.display_key`) of a
+    request from its row's status, required approvals and escalation (votes counted
+    only while a request needing several approvers is pending)."""
+    counted = len(votes(store, approval_id)) if status == "pending" and required > 1 else None
+    return display_key(status, counted, escalated_at is not None)
+
+
 class UnpostedOutcome(NamedTuple):
     """A copy never posted whose request is already decided (what a digest lists)."""
 
@@ -78,12 +87,7 @@ class CopyStore(StoreBase):
             'FROM "approval_message" AS m JOIN "approval" AS a ON a."id" = '
             f'm."approval_id" WHERE m."id" = {self.db.param}'
             + (" FOR SHARE OF a" if is_postgres(self.db) else ""))), (ref_id,)).fetchone()
-        if row is None:
-            return None
-        status, required, escalated_at, approval_id = row
-        counted = len(votes(self, approval_id)) if status == "pending" and required > 1 \
-            else None
-        return display_key(status, counted, escalated_at is not None)
+        return None if row is None else shown_key(self, *row)
 
     def _owed_sql(self, by_chat: bool) -> str:
         p = self.db.param

@@ -19,11 +19,12 @@ import peewee
 from storage.approvals import _decode_approval, approval_record
 from storage.base import StoreBase, columns, unit_of_work
 from storage.clock import to_text
+from storage.copies import shown_key
 from storage.db import is_postgres
 from storage.errors import NotFound
 from storage.models import ApprovalRow, DigestRow
-from storage.quorum import votes, with_votes
-from storage.records import Approval, display_key
+from storage.quorum import with_votes
+from storage.records import Approval
 
 GRANT_KIND = "budget.grant"  # a budget alert keeps its own message and its own buttons
 
@@ -134,12 +135,7 @@ class DigestStore(StoreBase):
             'FROM "approval_message" AS m JOIN "approval" AS a ON a."id" = m."approval_id" '
             f'WHERE m."digest_id" = {p}'
             + (" FOR SHARE OF a" if is_postgres(self.db) else ""))), (digest_id,)).fetchall()
-        shown = {}
-        for ref_id, status, required, escalated_at, approval_id in rows:
-            counted = len(votes(self, approval_id)) if status == "pending" and required > 1 \
-                else None
-            shown[ref_id] = display_key(status, counted, escalated_at is not None)
-        return shown
+        return {ref_id: shown_key(self, *rest) for ref_id, *rest in rows}
 
     @unit_of_work
     def record_digest(self, digest_id: int, shown: dict[int, str], page: int,

@@ -364,6 +364,13 @@ class ApprovalRule(Record):
 MAX_ESCALATE_AFTER = 30 * 86400.0  # no request lives longer (the TTL's bound)
 
 
+def escalation_delay(value: float) -> float:
+    """A policy's ``escalate_after``: 0 (the settings' delay applies) or 1 s..30 days."""
+    if value != 0 and not 1 <= value <= MAX_ESCALATE_AFTER:
+        raise ValueError("must be 0 (TAPGATE_ESCALATE_AFTER applies) or between 1s and 30d")
+    return value
+
+
 class PolicyUpsert(Budgets):
     name: str = Field(min_length=1, max_length=200)
     tool_allowlist: list[str] = Field(default_factory=list)
@@ -375,9 +382,7 @@ class PolicyUpsert(Budgets):
     @field_validator("escalate_after")
     @classmethod
     def _escalation_delay(cls, value: float) -> float:
-        if value != 0 and not 1 <= value <= MAX_ESCALATE_AFTER:
-            raise ValueError("must be 0 (TAPGATE_ESCALATE_AFTER applies) or between 1s and 30d")
-        return value
+        return escalation_delay(value)
 
 
 class Policy(PolicyUpsert):

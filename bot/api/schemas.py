@@ -37,6 +37,7 @@ from storage.records import (
     NewLedgerEntry,
     RunStatus,
     ToolCall,
+    escalation_delay,
 )
 
 MAX_WAIT = 300.0
@@ -343,9 +344,7 @@ class PolicyPut(BudgetFields):
     @field_validator("escalate_after")
     @classmethod
     def _escalation_delay(cls, value: float) -> float:
-        if value != 0 and not 1 <= value <= MAX_TTL:
-            raise ValueError("must be 0 (TAPGATE_ESCALATE_AFTER applies) or between 1s and 30d")
-        return value
+        return escalation_delay(value)
 
     def rules(self) -> list[ApprovalRule]:
         return [ApprovalRule(**r.model_dump()) for r in self.approval_rules]
