@@ -35,8 +35,16 @@ DECISIONS = {"approve": "approved", "deny": "denied"}
 
 
 def new_approval_id() -> str:
-    """Short, random, URL-safe: 11 characters, 64 bits of entropy."""
-    return secrets.token_urlsafe(8)
+    """Short, random, URL-safe: 11 characters, about 64 bits of entropy.
+
+    Never starts with ``-`` or ``_``: an id like ``-Xk2…`` reads as an option on a
+    command line (``tapgate approve -Xk2…``) and as a formula in a spreadsheet, where
+    the CSV export would have to quote it and the id would no longer match.
+    """
+    while True:
+        token = secrets.token_urlsafe(8)
+        if token[0].isalnum():
+            return token
 
 
 def parse_callback_data(data: str) -> tuple[str, str]:

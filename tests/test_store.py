@@ -1449,3 +1449,18 @@ def test_close_twice_is_harmless(db_url):
     s = Store.from_url(db_url)
     s.close()
     s.close()
+
+
+def test_an_approval_id_never_starts_like_an_option_or_a_formula(monkeypatch):
+    """``token_urlsafe`` starts with ``-`` or ``_`` once in 32 draws; such an id is drawn again.
+
+    An id like ``-Xk2…`` would read as an option to ``tapgate`` and as a formula in the CSV
+    export (which quotes it, so the exported id would not match).
+    """
+    import storage.approvals as approvals
+
+    draws = iter(["-Xk2abcdefg", "_Xk2abcdefg", "Xk2abcdefg-"])
+    monkeypatch.setattr(approvals.secrets, "token_urlsafe", lambda n: next(draws))
+    assert approvals.new_approval_id() == "Xk2abcdefg-"
+    monkeypatch.undo()
+    assert all(approvals.new_approval_id()[0].isalnum() for _ in range(2000))
