@@ -205,9 +205,25 @@ class Governance:
                                          None, approval.id)
         return tool_call, approval
 
-    async def escalate_after_of(self, run_id: str) -> float | None:
-        """The escalation delay of run ``run_id``'s policy (None: the settings' delay)."""
-        return await self.store.run(self.store.run_escalate_after, run_id)
+    async def submit_terms(self, run_id: str | None, kind: str,
+                           asked: int | None) -> tuple[int, float | None]:
+        """The approvers a request submitted over the socket needs, and its escalation
+        delay (None: the settings' delay).
+
+        The agent is the governed party: it may ask for more approvers, never fewer
+        than the operator's count — that of the approval rules of its run's policy
+        whose ``tool`` is the request's kind and that set one (the largest; it stands
+        even below the default, as for tool calls), else
+        ``TAPGATE_DEFAULT_REQUIRED_APPROVALS``. Without a ``run_id`` this reads nothing
+        (the submit hot path stays one database hop).
+        """
+        floor, escalate_after = self.manager.required_approvals, None
+        if run_id is not None:
+            escalate_after, rules = await self.store.run(self.store.run_policy_terms, run_id)
+            counts = [rule.required_approvals for rule in rules
+                      if rule.tool == kind and rule.required_approvals]
+            floor = max(counts, default=floor)
+        return max(asked or 1, floor), escalate_after
 
     async def cancel_run(self, run_id: str, decided_by: str = "api", admin: bool = True,
                          uid: int | None = None) -> Run:

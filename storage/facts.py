@@ -8,7 +8,7 @@ from typing import Any
 from storage.base import StoreBase, unit_of_work
 from storage.errors import NotFound
 from storage.models import FactRow, PolicyRow
-from storage.records import Fact, Policy, PolicyUpsert
+from storage.records import ApprovalRule, Fact, Policy, PolicyUpsert
 
 
 def _fact_record(row: FactRow) -> Fact:
@@ -87,16 +87,20 @@ class FactStore(StoreBase):
         return policy_record(row)
 
     @unit_of_work
-    def run_escalate_after(self, run_id: str) -> float | None:
-        """The escalation delay the policy of run ``run_id`` sets; None when it sets none
-        (0), or the run is unknown or has no policy. One query, rendered once: it is on
-        the submit path of every request with a ``run_id``."""
+    def run_policy_terms(self, run_id: str) -> tuple[float | None, list[ApprovalRule]]:
+        """What the policy of run ``run_id`` says of a request submitted in that run: its
+        escalation delay (None when it sets none) and its approval rules; ``(None, [])``
+        when the run is unknown or has no policy. One query, rendered once: it is on the
+        submit path of every request with a ``run_id``."""
         p = self.db.param
-        row = self.db.execute_sql(self.statement("policy.escalate_after_of_run", lambda: (
-            'SELECT "policy"."escalate_after" FROM "run" JOIN "policy" '
-            f'ON "policy"."name" = "run"."policy_ref" WHERE "run"."id" = {p}')),
-            (run_id,)).fetchone()
-        return (row[0] or None) if row is not None else None
+        row = self.db.execute_sql(self.statement("policy.terms_of_run", lambda: (
+            'SELECT "policy"."escalate_after", "policy"."approval_rules" FROM "run" '
+            'JOIN "policy" ON "policy"."name" = "run"."policy_ref" '
+            f'WHERE "run"."id" = {p}')), (run_id,)).fetchone()
+        if row is None:
+            return None, []
+        rules = PolicyRow.approval_rules.python_value(row[1]) or []
+        return row[0] or None, [ApprovalRule.model_validate(rule) for rule in rules]
 
     @unit_of_work
     def list_policies(self) -> list[Policy]:

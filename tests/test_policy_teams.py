@@ -115,6 +115,41 @@ async def test_a_two_approver_rule_needs_two_people_before_the_call_runs(fake, b
                                                            "telegram:1002 (@bob)"]
 
 
+async def test_an_agent_may_ask_for_more_approvers_never_fewer(fake, db_url):
+    """``required_approvals`` in ``POST /v1/approvals`` is raised to the settings' default
+    and to the run's policy rule for that kind: an agent cannot skip the second person."""
+    async with served_on_a_socket(fake, db_url, approver_user_ids=[ALICE.id, BOB.id, CAROL.id],
+                                  default_required_approvals=2) as svc, \
+            socket_client(svc) as api:
+        await ok(await api.put("/v1/policies/prod", json={"approval_rules": [
+            {"tool": "deploy", "required_approvals": 3}, {"tool": "Bash"},
+            {"tool": "lint", "required_approvals": 1}]}))
+        await ok(await api.put("/v1/runs/r1", json={"policy_ref": "prod"}))
+        request = {"agent": "builder", "kind": "shell", "summary": "make release"}
+
+        async def needs(**fields) -> tuple[str, int]:
+            made = await ok(await api.post("/v1/approvals", json={**request, **fields}), 201)
+            return made["id"], made["required_approvals"]
+
+        lowered, count = await needs(required_approvals=1)
+        assert count == 2
+        assert (await needs())[1] == 2
+        assert (await needs(required_approvals=3))[1] == 3
+        assert (await needs(run_id="r1", kind="deploy", required_approvals=1))[1] == 3
+        assert (await needs(run_id="r1", kind="deploy", required_approvals=4))[1] == 4
+        # A rule without a count, and another kind in the same run: the settings' floor.
+        assert (await needs(run_id="r1", kind="Bash", required_approvals=1))[1] == 2
+        assert (await needs(run_id="r1", required_approvals=1))[1] == 2
+        # The operator's rule may set fewer than the default (as for tool calls).
+        assert (await needs(run_id="r1", kind="lint"))[1] == 1
+        assert (await needs(run_id="r1", kind="lint", required_approvals=2))[1] == 2
+
+        msg = await posted(fake, CHAT_A, lowered)
+        tap = fake.tap(CHAT_A, msg.message_id, ALICE, button_text="✅ Approve")
+        assert "1 of 2" in await answer_of(fake, tap)
+        assert (await ok(await api.get(f"/v1/approvals/{lowered}")))["status"] == "pending"
+
+
 async def test_a_runs_requests_escalate_after_their_policys_delay(fake, bot):
     async with socket_client(bot) as api:
         await ok(await api.put("/v1/policies/urgent", json={

@@ -51,16 +51,14 @@ async def create_approval(request: web.Request) -> web.Response:
                 f"payload is {size:,} bytes as JSON; at most {MAX_PAYLOAD:,} are accepted "
                 "(413, not 422: the request is well-formed but too large)")
     ctx = api(request)
-    # A run's policy may set its escalation delay; without a run_id the submit hot
-    # path stays one database hop.
-    escalate_after = (await ctx.governance.escalate_after_of(spec.run_id)
-                      if spec.run_id is not None else None)
+    required, escalate_after = await ctx.governance.submit_terms(
+        spec.run_id, spec.kind, spec.required_approvals)
     approval, created = await finish(ctx.manager.submit(
         agent=spec.agent, kind=spec.kind, summary=spec.summary, payload=spec.payload,
         ttl_seconds=spec.ttl_seconds, run_id=spec.run_id,
         idempotency_key=scoped_key(spec.idempotency_key, caller(request).uid),
         submitter_uid=caller(request).uid, accepts_edits=spec.accepts_edits,
-        required_approvals=spec.required_approvals, requested_by=spec.requested_by,
+        required_approvals=required, requested_by=spec.requested_by,
         escalate_after=escalate_after))
     return respond(approval, 201 if created else 200)
 
@@ -132,7 +130,10 @@ ROUTES = [
                       "accepts_edits the approver may approve an edited request: "
                       "edited_payload then holds it, and the submitter must run that. "
                       "A request with a run_id whose run's policy sets escalate_after "
-                      "escalates after that delay (else TAPGATE_ESCALATE_AFTER)."),
+                      "escalates after that delay (else TAPGATE_ESCALATE_AFTER). "
+                      "required_approvals may ask for more approvers, never fewer than "
+                      "the approval rules of the run's policy for tool == kind set, else "
+                      "TAPGATE_DEFAULT_REQUIRED_APPROVALS."),
     Route("GET", "/v1/approvals", list_approvals, "List approval requests, newest first",
           "approvals", response=Items[Approval], query=ApprovalQuery),
     Route("GET", "/v1/approvals/{id}", get_approval, "Read an approval request (long-poll)",

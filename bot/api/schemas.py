@@ -124,8 +124,10 @@ class ApprovalCreate(Wire):
         False, description="the submitter runs an approver's edited request (it reads "
                            "edited_payload); false: an approver's Edit is refused")
     required_approvals: int | None = Field(
-        None, ge=1, le=10, description="distinct approvers needed; one deny decides "
-                                       "(default TAPGATE_DEFAULT_REQUIRED_APPROVALS)")
+        None, ge=1, le=10, description="distinct approvers needed; one deny decides. "
+                                       "Never fewer than the run's policy or "
+                                       "TAPGATE_DEFAULT_REQUIRED_APPROVALS asks: a smaller "
+                                       "value is raised")
     requested_by: int | None = Field(
         None, ge=1, le=2**53, description="the Telegram user id this request acts for: "
                                           "their own approval does not count")
