@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rules(sub)  # rules list|add|revoke
 
+    from bot.cli_routes import add_commands as add_routes
+
+    add_routes(sub)  # routes
+
     from bot.integrations.cli import add_commands
 
     add_commands(sub)

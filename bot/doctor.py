@@ -2,7 +2,8 @@
 for a ✗, what to do. Exit 0 when every check passes, 1 otherwise.
 
 Checks: the settings (and where the env file, socket and database come from),
-the token (``getMe``), each approver chat (``getChat``; in groups and channels
+the token (``getMe``), each chat requests may be posted to — approver, escalation
+and route chats, stored routes included — (``getChat``; in groups and channels
 ``getChatMember`` of the bot: may it post?), the database (reachable, migrated,
 not newer than this code), the socket (a bot already answering, or free with a
 writable directory) and the clock (against the ``Date`` of Telegram's answer).
@@ -101,10 +102,7 @@ async def _telegram_checks(settings: Settings, report: Report) -> None:
         report(False, f"getMe refused: {exc.message}")
     else:
         report(True, f"token accepted: the bot is @{bot.username}")
-        chats = dict.fromkeys(settings.approver_chat_ids, "TAPGATE_APPROVER_CHAT_IDS")
-        for route in settings.routes:
-            chats.update({chat: "TAPGATE_ROUTES" for chat in route.chats if chat not in chats})
-        for chat_id, setting in chats.items():
+        for chat_id, setting in chats_to_check(settings).items():
             try:
                 ok, text = await check_chat(bot, chat_id, setting)
             except Exception as exc:  # an answer PTB cannot read: still one line
@@ -115,6 +113,41 @@ async def _telegram_checks(settings: Settings, report: Report) -> None:
         await bot.shutdown()
     ok, text = await check_clock(settings.telegram_api_url)
     report(ok, text)
+
+
+STORED_ROUTES = ("the routes stored by `tapgate policy apply` (edit the policy file, "
+                 "apply it again)")
+
+
+def chats_to_check(settings: Settings) -> dict[int, str]:
+    """Every chat the bot may post requests to, each once, with where it is set: the
+    approver chats, the escalation chats, ``TAPGATE_ROUTES`` and the routes stored by
+    ``tapgate policy apply`` (read when the database can be; its own check says why
+    not)."""
+    chats = dict.fromkeys(settings.approver_chat_ids, "TAPGATE_APPROVER_CHAT_IDS")
+    sources = [("TAPGATE_ESCALATION_CHAT_IDS", settings.escalation_chat_ids),
+               ("TAPGATE_ROUTES", [c for r in settings.routes for c in r.chats]),
+               (STORED_ROUTES, [c for r in _stored_routes(settings) for c in r.chats])]
+    for setting, ids in sources:
+        chats.update({chat: setting for chat in ids if chat not in chats})
+    return chats
+
+
+def _stored_routes(settings: Settings) -> list:
+    db_file = places.sqlite_file(settings.database_url)
+    if db_file is not None and not db_file.exists():
+        return []  # doctor creates nothing
+    from storage.store import Store
+
+    try:
+        store = Store.from_url(settings.database_url, workers=1)
+        try:
+            store.check_schema()
+            return store.list_routes()
+        finally:
+            store.close()
+    except Exception:  # down, not migrated, newer: the database check reports it
+        return []
 
 
 async def _webhook_check(bot: Bot, settings: Settings, report: Report) -> None:

@@ -119,11 +119,22 @@ def _compile(route: Route) -> _Compiled:
     return _Compiled(glob_pattern(route.agent), glob_pattern(route.kind), list(route.chats))
 
 
-def _first_match(routes: list[_Compiled], agent: str, kind: str) -> list[int] | None:
-    for route in routes:
+def _first_index(routes: list[_Compiled], agent: str, kind: str) -> int | None:
+    for n, route in enumerate(routes):
         if _covers(route.agent, agent) and _covers(route.kind, kind):
-            return route.chats
+            return n
     return None
+
+
+def _first_match(routes: list[_Compiled], agent: str, kind: str) -> list[int] | None:
+    n = _first_index(routes, agent, kind)
+    return None if n is None else routes[n].chats
+
+
+def first_route(routes: Iterable[Route], agent: str, kind: str) -> int | None:
+    """The position (from 0) of the first of ``routes`` covering ``agent`` and ``kind``,
+    as the router matches; None when none does."""
+    return _first_index([_compile(r) for r in routes], agent, kind)
 
 
 # --- the router ------------------------------------------------------------------------

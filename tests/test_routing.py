@@ -420,3 +420,22 @@ async def test_doctor_checks_the_route_chats_too(fake, home, sqlite_url):
     assert len(failed) == 1 and failed[0].startswith(f"✗ chat {DEPLOYS} unreachable")
     assert failed[0].endswith("or remove the id from TAPGATE_ROUTES")
     assert out.count(f"chat {CHAT_B} (private") == 1  # an approver chat: checked once
+
+
+async def test_doctor_checks_the_stored_routes_and_escalation_chats(fake, home, sqlite_url):
+    store = Store.from_url(sqlite_url)
+    try:
+        store.replace_routes([Route(agent="docs-*", chats=[DOCS, CHAT_B])])
+    finally:
+        store.close()
+    fake.set_chat_unavailable(DOCS)
+    fake.set_chat_unavailable(LATE)
+    env = doctor_env(home, fake, sqlite_url, home / "t.sock", escalation_chat_ids=str(LATE))
+    code, out, err = await Cli(home, env).run("doctor")
+    assert code == 1, out + err
+    failed = [line for line in out.splitlines() if line.startswith("✗ ")]
+    assert [line.split()[2] for line in failed] == [str(LATE), str(DOCS)], out
+    assert failed[0].endswith("or remove the id from TAPGATE_ESCALATION_CHAT_IDS")
+    assert failed[1].endswith("or remove the id from the routes stored by `tapgate policy "
+                              "apply` (edit the policy file, apply it again)")
+    assert out.count(f"chat {CHAT_B} (private") == 1
