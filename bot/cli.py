@@ -62,6 +62,29 @@ def _instant(text: str) -> datetime:
         raise SystemExit(fail(str(exc))) from None
 
 
+def approvers_count(text: str) -> int:
+    """``--required-approvals``: 1..10 distinct approvers, as the socket API takes."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 10, got {text!r}")
+    return value
+
+
+def telegram_user(text: str) -> int:
+    """``--requested-by``: a Telegram user id (a positive integer up to 2**53)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 2**53:
+        raise argparse.ArgumentTypeError(f"must be a Telegram user id (a positive whole "
+                                         f"number, e.g. 123456789), got {text!r}")
+    return value
+
+
 def _payload(text: str) -> Any:
     """``TEXT`` or ``@FILE``; JSON when it parses as JSON, else the string itself."""
     if text.startswith("@"):
@@ -105,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=_duration, nargs="?", const=UNTIL_EXPIRY, metavar="SECONDS",
                    help="wait for the decision (bare: until the request expires)")
     p.add_argument("--idempotency-key", metavar="KEY")
+    p.add_argument("--required-approvals", type=approvers_count, metavar="N",
+                   help="distinct approvers it needs, 1..10 (the bot never goes below its "
+                        "settings' or the run's policy's count)")
+    p.add_argument("--requested-by", type=telegram_user, metavar="USER_ID",
+                   help="the Telegram user it acts for: their own approval does not count")
     p.set_defaults(func=cmd_request)
 
     p = sub.add_parser("pending", help="table of pending requests")
@@ -243,7 +271,8 @@ def cmd_request(args: argparse.Namespace, settings: Settings) -> int:
     with TapgateClient(settings.socket_path, server_uid=settings.expected_server_uid) as client:
         approval = client.request_approval(
             args.agent, args.kind, args.summary, payload=args.payload, ttl_seconds=args.ttl,
-            run_id=args.run_id, idempotency_key=args.idempotency_key)
+            run_id=args.run_id, idempotency_key=args.idempotency_key,
+            required_approvals=args.required_approvals, requested_by=args.requested_by)
         if args.wait is not None:
             timeout = None if args.wait == UNTIL_EXPIRY else args.wait
             # The record, not its id: its expiry bounds the wait through an outage.

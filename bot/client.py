@@ -103,14 +103,19 @@ class TapgateClient(_Base):
     def request_approval(self, agent: str, kind: str, summary: str, payload: Any = None,
                          ttl_seconds: float | None = None, run_id: str | None = None,
                          idempotency_key: str | None = None, *,
-                         accepts_edits: bool = False) -> Approval:
+                         accepts_edits: bool = False, required_approvals: int | None = None,
+                         requested_by: int | None = None) -> Approval:
         """Submit a request; the same ``idempotency_key`` again returns the same one.
 
         ``accepts_edits``: the caller will run ``approval.edited_payload`` when an approver
         approves an edited request (else the approver's Edit is refused). The request may
-        come back approved at once (status ``approved``) when a rule matches it."""
+        come back approved at once (status ``approved``) when a rule matches it.
+        ``required_approvals`` (1..10): distinct approvers it needs (the bot raises it to
+        its settings' or the run's policy's count, never lowers it); ``requested_by``: the
+        Telegram user id it acts for, whose own approval does not count."""
         return self._send(_Routes.request_approval(agent, kind, summary, payload, ttl_seconds,
-                                                   run_id, idempotency_key, accepts_edits))
+                                                   run_id, idempotency_key, accepts_edits,
+                                                   required_approvals, requested_by))
 
     def get_approval(self, approval_id: str, wait: float | None = None) -> Approval:
         """The request; with ``wait`` (0..300 s) held until it is final or the wait ends."""
@@ -265,10 +270,14 @@ class AsyncTapgateClient(_Base):
     async def request_approval(self, agent: str, kind: str, summary: str, payload: Any = None,
                                ttl_seconds: float | None = None, run_id: str | None = None,
                                idempotency_key: str | None = None, *,
-                               accepts_edits: bool = False) -> Approval:
+                               accepts_edits: bool = False,
+                               required_approvals: int | None = None,
+                               requested_by: int | None = None) -> Approval:
+        """As :meth:`TapgateClient.request_approval`."""
         return await self._send(_Routes.request_approval(agent, kind, summary, payload,
                                                          ttl_seconds, run_id, idempotency_key,
-                                                         accepts_edits))
+                                                         accepts_edits, required_approvals,
+                                                         requested_by))
 
     async def get_approval(self, approval_id: str, wait: float | None = None) -> Approval:
         return await self._send(_Routes.get_approval(approval_id, wait))

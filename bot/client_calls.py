@@ -149,9 +149,11 @@ class _Routes:
 
     @staticmethod
     def request_approval(agent, kind, summary, payload, ttl_seconds, run_id,
-                         idempotency_key, accepts_edits=False) -> _Call:
+                         idempotency_key, accepts_edits=False, required_approvals=None,
+                         requested_by=None) -> _Call:
         body = {"agent": agent, "kind": kind, "summary": summary, "payload": payload,
-                **_given(ttl_seconds=ttl_seconds, run_id=run_id, idempotency_key=idempotency_key)}
+                **_given(ttl_seconds=ttl_seconds, run_id=run_id, idempotency_key=idempotency_key,
+                         required_approvals=required_approvals, requested_by=requested_by)}
         if accepts_edits:  # sent only when set: a bot without edits refuses the field
             body["accepts_edits"] = True
         return _Call("POST", _path("approvals"), APPROVAL, body=body)

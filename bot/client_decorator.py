@@ -43,7 +43,9 @@ def requires_approval(kind: str, summary: str | Callable[..., str] | None = None
                       ttl_seconds: float | None = None,
                       socket_path: str | os.PathLike | None = None,
                       timeout: float | None = None,
-                      server_uid: int | str | None = None) -> Callable[[Callable], Callable]:
+                      server_uid: int | str | None = None,
+                      required_approvals: int | None = None,
+                      requested_by: int | None = None) -> Callable[[Callable], Callable]:
     """Make a function (sync or async) wait for a human's approval before it runs.
 
     Each call submits a request of ``kind`` — ``summary`` is a string, a
@@ -56,7 +58,8 @@ def requires_approval(kind: str, summary: str | Callable[..., str] | None = None
     who decided). Expired, cancelled, or still pending at ``timeout`` (then it is
     withdrawn): :class:`ApprovalExpired`. The function does not run in those
     cases, nor when the socket is served by another uid than ``server_uid``
-    (see :class:`bot.client.TapgateClient`).
+    (see :class:`bot.client.TapgateClient`). ``required_approvals`` and
+    ``requested_by`` are those of :meth:`bot.client.TapgateClient.request_approval`.
     """
 
     def build(fn: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -67,6 +70,8 @@ def requires_approval(kind: str, summary: str | Callable[..., str] | None = None
             "summary": _truncate(text if text is not None else _describe(fn, args, kwargs)),
             "payload": payload(*args, **kwargs) if payload is not None else None,
             "ttl_seconds": ttl_seconds,
+            "required_approvals": required_approvals,
+            "requested_by": requested_by,
         }
 
     # bot.client imports this module to re-export the decorator, so the clients are

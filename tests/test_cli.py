@@ -101,6 +101,21 @@ async def test_request_without_wait(lite):  # noqa: F811
     assert code == 2 and stderr.count("\n") == 1 and "validation_error" in stderr
 
 
+async def test_request_with_approvers_and_the_person_acted_for(lite):  # noqa: F811
+    code, stdout, stderr = await tapgate(lite, "request", "--kind", "deploy", "--summary",
+                                         "ship v2", "--required-approvals", "2",
+                                         "--requested-by", "1001")
+    assert code == 0, stderr
+    made = json.loads(stdout)
+    assert (made["required_approvals"], made["requested_by"]) == (2, 1001)
+    for flag, bad, says in [("--required-approvals", "11", "from 1 to 10"),
+                            ("--required-approvals", "two", "from 1 to 10"),
+                            ("--requested-by", "0", "Telegram user id")]:
+        code, stdout, stderr = await tapgate(lite, "request", "--kind", "k", "--summary", "s",
+                                             flag, bad)
+        assert (code, stdout) == (2, "") and says in stderr.splitlines()[-1], stderr
+
+
 async def test_request_errors_are_one_line():
     code, stdout, stderr = await tapgate(None, "request", "--kind", "k", "--summary", "s")
     assert (code, stdout) == (2, "")

@@ -148,6 +148,33 @@ async def test_connection_failure_names_the_socket():
     os.rmdir(path.parent)
 
 
+async def test_approvers_and_the_person_acted_for_reach_the_request(lite):  # noqa: F811
+    """``required_approvals`` and ``requested_by`` from both clients and the decorator."""
+    def submit() -> Approval:
+        with TapgateClient(lite.path) as tg:
+            return tg.request_approval("ops", "deploy", "ship v2", required_approvals=2,
+                                       requested_by=1001)
+
+    made = await asyncio.to_thread(submit)
+    assert (made.required_approvals, made.requested_by) == (2, 1001)
+    async with AsyncTapgateClient(lite.path) as tg:
+        made = await tg.request_approval("ops", "deploy", "ship v3", requested_by=42,
+                                         required_approvals=3)
+        assert (made.required_approvals, made.requested_by) == (3, 42)
+        plain = await tg.request_approval("ops", "deploy", "ship v4")
+        assert (plain.required_approvals, plain.requested_by) == (1, None)
+
+    @requires_approval("deploy", socket_path=lite.path, required_approvals=2,
+                       requested_by=1001)
+    async def ship() -> None:
+        raise AssertionError("denied: must not run")
+
+    human = approver(lite, "denied")
+    with pytest.raises(ApprovalDenied):
+        await ship()
+    assert (human.seen[0].required_approvals, human.seen[0].requested_by) == (2, 1001)
+
+
 # --- the decorator ---------------------------------------------------------------------------
 
 
