@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from bot.cli import main
 from bot.config import load_settings
 from bot.routing import Router
+from tests.test_cli import run_cli
 
 ROUTES = '[{"agent": "deploy-*", "chats": [-1001]}, {"kind": "budget.grant", "chats": [-1003]}]'
 POLICY = """
@@ -34,12 +34,6 @@ def routes_env(db_url, clean_env, monkeypatch, tmp_path):
     monkeypatch.setenv("TAPGATE_ESCALATE_AFTER", "15m")
     (tmp_path / "p.yaml").write_text(POLICY, encoding="utf-8")
     return tmp_path / "p.yaml"
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_the_settings_routes_then_the_approver_chats(routes_env, capsys):

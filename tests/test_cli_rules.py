@@ -9,6 +9,7 @@ import pytest
 from bot.cli import main
 from storage.records import NewApproval, RunUpsert
 from storage.store import Store
+from tests.test_cli import run_cli
 
 
 @pytest.fixture
@@ -24,12 +25,6 @@ def rules_env(db_url, monkeypatch, tmp_path):
     store.complete_run("done")
     store.close()
     return db_url
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def submit(url: str, summary: str, run_id: str | None = None, kind: str = "Bash") -> str:
