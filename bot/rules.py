@@ -50,7 +50,8 @@ def session_rule(approval: Approval, by: str, chat_id: int | None, ttl_seconds: 
     validate_new_rule(approval.agent, approval.kind, approval.summary)
     return NewRule(agent=approval.agent, kind=approval.kind, match=approval.summary,
                    run_id=approval.run_id, created_by=by, expires_at=expires_in(now, ttl_seconds),
-                   chat_id=chat_id, origin=approval.summary, source_approval_id=approval.id)
+                   chat_id=chat_id, origin=approval.summary, source_approval_id=approval.id,
+                   submitter_uid=approval.submitter_uid)
 
 
 def always_rule(approval: Approval, by: str, chat_id: int | None) -> NewRule:
@@ -60,7 +61,7 @@ def always_rule(approval: Approval, by: str, chat_id: int | None) -> NewRule:
     validate_new_rule(approval.agent, approval.kind, approval.summary)
     return NewRule(agent=approval.agent, kind=approval.kind, match=approval.summary,
                    created_by=by, chat_id=chat_id, origin=approval.summary,
-                   source_approval_id=approval.id)
+                   source_approval_id=approval.id, submitter_uid=approval.submitter_uid)
 
 
 def widen_options(summary: str | None, kind: str) -> list[str]:

@@ -172,7 +172,8 @@ class ApprovalStore(StoreBase):
             with translated_errors(), self.write():
                 # A rule is one person's standing decision: never enough for a request
                 # that needs several approvers.
-                rule = take_rule(self, new.agent, new.kind, new.summary, new.run_id, now) \
+                rule = take_rule(self, new.agent, new.kind, new.summary, new.run_id,
+                                 new.submitter_uid, now) \
                     if new.required_approvals <= 1 else None
                 status, decided_by = ("approved", decided_by_rule(rule)) if rule else \
                     ("pending", None)

@@ -287,6 +287,7 @@ class RuleRow(BaseModel):
     chat_id = BigIntegerField(null=True)
     origin = TextField(null=True)
     source_approval_id = CharField(max_length=40, null=True)
+    submitter_uid = BigIntegerField(null=True)  # null: requests of any uid
 
     class Meta:
         table_name = "approval_rule"

@@ -26,6 +26,7 @@ class NewRule(Record):
     chat_id: int | None = None
     origin: str | None = None
     source_approval_id: str | None = None
+    submitter_uid: int | None = None
 
 
 class Rule(Record):
@@ -46,6 +47,8 @@ class Rule(Record):
     chat_id: int | None = Field(None, description="the chat it was made in (null: CLI/API)")
     origin: str | None = Field(None, description="the summary it was made from")
     source_approval_id: str | None = None
+    submitter_uid: int | None = Field(None, description="only requests this uid submits "
+                                                        "over the socket (null: any uid)")
 
     def is_live(self, now: datetime) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

@@ -65,7 +65,7 @@ def rule_record(row: RuleRow) -> Rule:
                 expires_at=row.expires_at, revoked_at=row.revoked_at,
                 revoked_by=row.revoked_by, uses=row.uses, last_used_at=row.last_used_at,
                 chat_id=row.chat_id, origin=row.origin,
-                source_approval_id=row.source_approval_id)
+                source_approval_id=row.source_approval_id, submitter_uid=row.submitter_uid)
 
 
 def _prompt_record(row: ReplyPromptRow) -> ReplyPrompt:
@@ -82,9 +82,11 @@ def hour_of(now: datetime) -> datetime:
 
 
 def take_rule(store: StoreBase, agent: str, kind: str, summary: str, run_id: str | None,
-              now: datetime) -> Rule | None:
+              submitter_uid: int | None, now: datetime) -> Rule | None:
     """Inside a write: the oldest live rule covering this request, its use counted (the
-    rule's ``uses`` and its hour's digest line); None when no rule applies."""
+    rule's ``uses`` and its hour's digest line); None when no rule applies. A rule made
+    from a request covers only requests of the same ``submitter_uid``: the agent's name
+    is its own claim, its uid is not."""
     if kind in NEVER_RULED:
         return None
     p = store.db.param
@@ -92,8 +94,9 @@ def take_rule(store: StoreBase, agent: str, kind: str, summary: str, run_id: str
     candidates = store.db.execute_sql(store.statement("rule.live", lambda: (
         f'SELECT "id", "match" FROM "approval_rule" WHERE "agent" = {p} AND "kind" = {p} '
         f'AND "revoked_at" IS NULL AND ("expires_at" IS NULL OR "expires_at" > {p}) '
-        f'AND ("run_id" IS NULL OR "run_id" = {p}) ORDER BY "id"')),
-        (agent, kind, to_text(now), run_id)).fetchall()
+        f'AND ("run_id" IS NULL OR "run_id" = {p}) '
+        f'AND ("submitter_uid" IS NULL OR "submitter_uid" = {p}) ORDER BY "id"')),
+        (agent, kind, to_text(now), run_id, submitter_uid)).fetchall()
     for rule_id, match in candidates:
         if glob_matches(match, summary, kind):
             return rule_record(_count_use(store, rule_id, now))
@@ -136,7 +139,8 @@ class RuleStore(StoreBase):
         row = RuleRow.create(agent=new.agent, kind=new.kind, match=new.match,
                              run_id=new.run_id, created_by=new.created_by, created_at=now,
                              expires_at=new.expires_at, chat_id=new.chat_id,
-                             origin=new.origin, source_approval_id=new.source_approval_id)
+                             origin=new.origin, source_approval_id=new.source_approval_id,
+                             submitter_uid=new.submitter_uid)
         return RuleRow.get_by_id(row.id)
 
     @unit_of_work

@@ -160,3 +160,38 @@ async def test_an_agent_cannot_claim_the_bots_idempotency_keys(fake, sqlite_url)
             "agent": "sly", "kind": "shell", "summary": "claim",
             "idempotency_key": "tapgate:budget-alert:1"})
         assert again.status_code == 200  # the caller's own key still works for itself
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
+async def test_an_agent_of_another_uid_cannot_take_a_rule_made_for_this_one(fake, sqlite_url):
+    """♾️ Always approves the same agent's requests from the uid that asked, not from an
+    agent of another uid claiming that agent's name. A rule made with the CLI or the
+    socket API (no uid) still covers every uid."""
+    from tests.fake_telegram import User
+    from tests.test_telegram import answer_of, posted
+
+    alice = User(1001, "alice", "Alice")
+    async with BotProcess(fake, sqlite_url, socket_allowed_uids=AGENT_UID) as bot:
+        sock = str(bot.socket_path)
+        os.chmod(bot.socket_path.parent, 0o755)
+        ask = {"agent": "claude-code", "kind": "deploy", "summary": "ship v2"}
+        first = admin(sock, "POST", "/v1/approvals", ask).json()
+        msg = await posted(fake, 1001, first["id"])
+        tap = fake.tap(1001, msg.message_id, alice, button_text="♾️ Always")
+        assert "♾️ Rule #" in await answer_of(fake, tap)
+        [rule] = admin(sock, "GET", "/v1/rules").json()["items"]
+        assert rule["submitter_uid"] == os.getuid()
+
+        [(status, claimed)] = as_uid(AGENT_UID, sock, [("POST", "/v1/approvals", ask)])
+        assert (status, claimed["status"], claimed["decided_by"]) == (201, "pending", None)
+        again = admin(sock, "POST", "/v1/approvals", ask).json()
+        assert again["status"] == "approved" and again["decided_by"].startswith(
+            f"rule:{rule['id']}")
+
+        made = admin(sock, "POST", "/v1/rules", {"agent": "claude-code", "kind": "deploy",
+                                                  "match": "ship v3"}).json()
+        assert made["submitter_uid"] is None
+        [(status, covered)] = as_uid(AGENT_UID, sock, [
+            ("POST", "/v1/approvals", {**ask, "summary": "ship v3"})])
+        assert (status, covered["status"]) == (201, "approved")
+        assert covered["decided_by"].startswith(f"rule:{made['id']}")
