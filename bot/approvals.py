@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from bot.routing import Target
 from storage.approvals import parse_callback_data
 from storage.errors import AlreadyFinal, InvalidArgument
 from storage.records import Approval, NewApproval
@@ -75,17 +76,27 @@ class ApprovalManager:
         ``required_approvals`` distinct approvers must approve (``requested_by``'s
         approval never counts); still pending after ``escalate_after`` seconds, the
         request is posted to the escalation chats too (:meth:`escalate_due`). The chats
-        it is posted to first are the router's for its agent and kind.
+        it is posted to first, and who may decide it until it escalates, are the router's
+        for its agent and kind. InvalidArgument when its route has fewer approvers (the
+        requester aside) than it needs: nobody could ever approve it.
         """
-        chat_ids = self.chat_ids if self.router is None else \
-            await self.router.chats_for(agent, kind)
+        target = Target(self.chat_ids) if self.router is None else \
+            await self.router.target_for(agent, kind)
+        required = required_approvals or self.required_approvals
+        if target.approvers is not None:
+            eligible = len(set(target.approvers) - {requested_by})
+            if eligible < required:
+                raise InvalidArgument(
+                    f"this request needs {required} approvers, but its route lets only "
+                    f"{eligible} decide it (the route's approvers"
+                    + (", not counting requested_by" if requested_by in target.approvers
+                       else "") + "): ask for fewer, or add approvers to the route")
         new = NewApproval(agent=agent, kind=kind, summary=summary, payload=payload,
                           ttl_seconds=ttl_seconds or self.default_ttl, run_id=run_id,
                           tool_call_id=tool_call_id, idempotency_key=idempotency_key,
-                          chat_ids=chat_ids, submitter_uid=submitter_uid,
-                          accepts_edits=accepts_edits,
-                          required_approvals=required_approvals or self.required_approvals,
-                          requested_by=requested_by,
+                          chat_ids=target.chats, submitter_uid=submitter_uid,
+                          accepts_edits=accepts_edits, required_approvals=required,
+                          requested_by=requested_by, approvers=target.approvers,
                           escalate_after=escalate_after or self.escalate_after)
         approval, created = await self.store.run(self.store.create_approval, new)
         if created:

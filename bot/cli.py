@@ -397,8 +397,14 @@ def cmd_policy_apply(args: argparse.Namespace, settings: Settings) -> int:
     the bot is down; runs created later with ``policy_ref`` use them; a running bot
     routes by the new routes within about a second)."""
     from bot.policyfile import load_policy_file
+    from bot.routing import check_approvers
 
     loaded = load_policy_file(args.file)  # all valid, or nothing is written
+    try:  # approvers must be allowed users, enough for a request (these settings')
+        check_approvers(loaded.routes or [], settings.approver_user_ids,
+                        settings.default_required_approvals)
+    except ValueError as exc:
+        raise CommandError(f"{args.file}: {exc}") from None
     with database(settings) as store:
         stored = [store.upsert_policy(bundle) for bundle in loaded.policies]
         routes = None if loaded.routes is None else store.replace_routes(loaded.routes)

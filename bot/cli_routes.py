@@ -36,7 +36,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def in_order(stored: list, settings: Settings) -> list[dict[str, Any]]:
     """Every route the bot tries, first match first, with where it came from."""
     return [{"position": n, "source": source, "agent": r.agent, "kind": r.kind,
-             "chats": list(r.chats)}
+             "chats": list(r.chats), "approvers": r.approvers}
             for n, (source, r) in enumerate([*((STORED, r) for r in stored),
                                              *((SETTINGS, r) for r in settings.routes)], 1)]
 
@@ -70,8 +70,10 @@ def cmd_routes(args: argparse.Namespace, settings: Settings) -> int:
         out(f"{agent} · {kind} → no route matches: the approver chats ({DEFAULT}): "
             f"{_chats(chats)}")
     else:
+        decides = "" if taken["approvers"] is None else \
+            f"; decided by {_approvers(taken['approvers'])}"
         out(f"{agent} · {kind} → route {taken['position']} ({taken['source']}: agent "
-            f"{taken['agent']}, kind {taken['kind']}): {_chats(chats)}")
+            f"{taken['agent']}, kind {taken['kind']}): {_chats(chats)}{decides}")
     return 0
 
 
@@ -79,13 +81,17 @@ def _chats(chats: list[int]) -> str:
     return ", ".join(map(str, chats)) or "none"
 
 
+def _approvers(users: list[int] | None) -> str:
+    return "any allowed user" if users is None else ", ".join(map(str, users))
+
+
 def routes_table(routes: list[dict], default: list[int], escalation: dict) -> str:
     from bot.tables import duration, table, truncate
 
     rows = [(r["position"], r["source"], truncate(r["agent"], 30), truncate(r["kind"], 30),
-             _chats(r["chats"])) for r in routes]
-    rows.append(("-", DEFAULT, "*", "*", _chats(default)))
-    lines = [table(("#", "FROM", "AGENT", "KIND", "CHATS"), rows, right=(0,)),
+             _chats(r["chats"]), _approvers(r["approvers"])) for r in routes]
+    rows.append(("-", DEFAULT, "*", "*", _chats(default), _approvers(None)))
+    lines = [table(("#", "FROM", "AGENT", "KIND", "CHATS", "APPROVERS"), rows, right=(0,)),
              "First match wins; a request no route matches goes to the approver chats."]
     if escalation["chats"] and escalation["after_seconds"]:
         lines.append(f"Still pending after {duration(escalation['after_seconds'])}: also "

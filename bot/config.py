@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bot import places
 from bot.durations import parse_duration  # noqa: F401  (re-exported: the settings parse with it)
 from bot.peers import uid_of
-from bot.routing import parse_routes
+from bot.routing import check_approvers, parse_routes
 from storage.errors import TapgateError
 from storage.rule_records import Route
 
@@ -96,8 +96,10 @@ class Settings(BaseSettings):
     telegram_api_url: str = "https://api.telegram.org"
     approver_chat_ids: IntList = Field(default_factory=list)
     approver_user_ids: IntList = Field(default_factory=list)
-    # Routes (bot/routing.py): a JSON list of {"agent", "kind", "chats"}, first match
-    # wins; requests no route matches go to the approver chats.
+    # Before routes: a route's approvers are checked against both.
+    default_required_approvals: int = Field(1, ge=1, le=10)
+    # Routes (bot/routing.py): a JSON list of {"agent", "kind", "chats", "approvers"},
+    # first match wins; requests no route matches go to the approver chats.
     routes: Annotated[list[Route], NoDecode] = Field(default_factory=list)
     database_url: str = Field(default_factory=places.well_known_database_url)
     socket_path: Path = Field(default_factory=places.well_known_socket)
@@ -107,7 +109,6 @@ class Settings(BaseSettings):
     default_ttl: float = 24 * 3600.0
     expiry_interval: float = 30.0
     session_rule_ttl: float = 8 * 3600.0  # a "This session" rule ends with its run or this
-    default_required_approvals: int = Field(1, ge=1, le=10)
     escalation_chat_ids: IntList = Field(default_factory=list)
     escalate_after: float = 0.0  # 0: never; else a pending request escalates after this
     # Forum topics (bot/topics.py): one topic per agent or per run in chats that have
@@ -140,8 +141,12 @@ class Settings(BaseSettings):
 
     @field_validator("routes", mode="before")
     @classmethod
-    def _routes(cls, value: object) -> list[Route]:
-        return parse_routes(value)
+    def _routes(cls, value: object, info) -> list[Route]:
+        routes = parse_routes(value)
+        if "approver_user_ids" in info.data and "default_required_approvals" in info.data:
+            check_approvers(routes, info.data["approver_user_ids"],
+                            info.data["default_required_approvals"])
+        return routes
 
     @field_validator("database_url", "socket_path", mode="before")
     @classmethod

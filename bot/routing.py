@@ -1,7 +1,8 @@
 """Routing: which chats a request is posted to.
 
 A route is ``{agent glob, kind glob} → chat ids`` (``*`` any run of characters,
-``?`` one character; both default to ``*``). Routes are tried in order and the
+``?`` one character; both default to ``*``), and optionally the approvers who alone
+may decide its requests in Telegram until they escalate (:mod:`storage.approvers`). Routes are tried in order and the
 first match wins: the routes of the last policy file applied with a ``routes``
 section (stored, :mod:`storage.routes`), then ``TAPGATE_ROUTES``; a request no
 route matches goes to the approver chats (``TAPGATE_APPROVER_CHAT_IDS``).
@@ -77,11 +78,17 @@ def route_list(items: Iterable[Any]) -> list[Route]:
 def _explain(error: dict) -> str:
     field = str(error["loc"][0]) if error["loc"] else "?"
     if error["type"] == "extra_forbidden":
-        return f"field {field}: unknown field (a route has agent, kind and chats)"
+        return (f"field {field}: unknown field (a route has agent, kind, chats and "
+                "approvers)")
     if field == "chats":
         if error["type"] == "value_error":
             return f"field chats: {error['msg'].removeprefix('Value error, ')}"
         return "field chats: must be a non-empty list of chat ids (integers, e.g. -1001234567890)"
+    if field == "approvers":
+        if error["type"] == "value_error":
+            return f"field approvers: {error['msg'].removeprefix('Value error, ')}"
+        return ("field approvers: must be a non-empty list of Telegram user ids (integers, "
+                "e.g. 123456789), or absent for every allowed user")
     if field in ("agent", "kind"):
         return (f"field {field}: must be a non-empty glob of at most 200 characters "
                 "(* and ? are wildcards)")
@@ -109,14 +116,42 @@ def glob_matches(glob: str, text: str) -> bool:
     return _covers(glob_pattern(glob), text)
 
 
+class Target(NamedTuple):
+    """Where a request goes and who may decide it there (None: every allowed user)."""
+
+    chats: list[int]
+    approvers: list[int] | None = None
+
+
 class _Compiled(NamedTuple):
     agent: re.Pattern | None
     kind: re.Pattern | None
-    chats: list[int]
+    target: Target
 
 
 def _compile(route: Route) -> _Compiled:
-    return _Compiled(glob_pattern(route.agent), glob_pattern(route.kind), list(route.chats))
+    return _Compiled(glob_pattern(route.agent), glob_pattern(route.kind),
+                     Target(list(route.chats), route.approvers))
+
+
+def check_approvers(routes: Iterable[Route], allowed: Iterable[int], required: int) -> None:
+    """ValueError naming the route (``route #2``, from 1) whose approvers are not all
+    allowed users (``TAPGATE_APPROVER_USER_IDS``), or are fewer than ``required`` (the
+    default count of approvers a request needs: such a route's requests could never be
+    decided)."""
+    allowed = set(allowed)
+    for n, route in enumerate(routes, 1):
+        if route.approvers is None:
+            continue
+        strangers = [u for u in route.approvers if u not in allowed]
+        if strangers:
+            raise ValueError(f"route #{n}: field approvers: {strangers[0]} is not in "
+                             "TAPGATE_APPROVER_USER_IDS (a route's approvers are some of the "
+                             "allowed users)")
+        if len(route.approvers) < required:
+            raise ValueError(f"route #{n}: field approvers: {len(route.approvers)} approver(s), "
+                             f"but requests need {required} "
+                             "(TAPGATE_DEFAULT_REQUIRED_APPROVALS)")
 
 
 def _first_index(routes: list[_Compiled], agent: str, kind: str) -> int | None:
@@ -126,9 +161,9 @@ def _first_index(routes: list[_Compiled], agent: str, kind: str) -> int | None:
     return None
 
 
-def _first_match(routes: list[_Compiled], agent: str, kind: str) -> list[int] | None:
+def _first_match(routes: list[_Compiled], agent: str, kind: str) -> Target | None:
     n = _first_index(routes, agent, kind)
-    return None if n is None else routes[n].chats
+    return None if n is None else routes[n].target
 
 
 def first_route(routes: Iterable[Route], agent: str, kind: str) -> int | None:
@@ -162,7 +197,7 @@ class Router:
         self._loaded_at: float | None = None
         self._version = -1
         self._refreshing: asyncio.Future | None = None
-        self._memo: dict[tuple[str, str], list[int]] = {}
+        self._memo: dict[tuple[str, str], Target] = {}
         self._listeners: list[Callable[[], Any]] = []
         self._rebuild()
 
@@ -179,26 +214,34 @@ class Router:
 
     # --- answers ---------------------------------------------------------------------
 
-    async def chats_for(self, agent: str, kind: str) -> list[int]:
-        """The chats a new request of ``agent`` and ``kind`` is posted to (refreshing the
-        stored routes first if they may be stale)."""
+    async def target_for(self, agent: str, kind: str) -> Target:
+        """Where a new request of ``agent`` and ``kind`` is posted and who may decide it
+        (refreshing the stored routes first if they may be stale)."""
         if self.stale:
             await self.refresh()
-        return self.match(agent, kind)
+        return self.target(agent, kind)
 
-    def match(self, agent: str, kind: str) -> list[int]:
-        """:meth:`chats_for` from what is in memory now: the first stored route that
+    async def chats_for(self, agent: str, kind: str) -> list[int]:
+        """The chats of :meth:`target_for`."""
+        return (await self.target_for(agent, kind)).chats
+
+    def target(self, agent: str, kind: str) -> Target:
+        """:meth:`target_for` from what is in memory now: the first stored route that
         matches, else the first of ``TAPGATE_ROUTES``, else the approver chats."""
         key = (agent, kind)
-        chats = self._memo.get(key)
-        if chats is None:
-            chats = (_first_match(self._stored, agent, kind)
+        found = self._memo.get(key)
+        if found is None:
+            found = (_first_match(self._stored, agent, kind)
                      or _first_match(self.settings_routes, agent, kind)
-                     or self.default_chat_ids)
+                     or Target(self.default_chat_ids))
             if len(self._memo) >= MEMO_MAX:
                 self._memo.clear()
-            self._memo[key] = chats
-        return chats
+            self._memo[key] = found
+        return found
+
+    def match(self, agent: str, kind: str) -> list[int]:
+        """The chats of :meth:`target`."""
+        return self.target(agent, kind).chats
 
     def all_chat_ids(self) -> list[int]:
         """Every chat a request may be posted to: any route's, the approver and the
@@ -273,7 +316,7 @@ class Router:
                     log.exception("route listener failed")
 
     def _rebuild(self) -> None:
-        chats = [c for r in [*self._stored, *self.settings_routes] for c in r.chats]
+        chats = [c for r in [*self._stored, *self.settings_routes] for c in r.target.chats]
         self._targets = list(dict.fromkeys([*self.default_chat_ids, *self.extra_chat_ids,
                                             *chats]))
         self._target_set = frozenset(self._targets)

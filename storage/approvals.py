@@ -20,10 +20,11 @@ from typing import Any
 
 import peewee
 
+from storage import approvers
 from storage.base import StoreBase, columns, decoder, grouped, translated_errors, unit_of_work
 from storage.clock import from_text, to_text
 from storage.db import is_postgres
-from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotFound
+from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotAnApprover, NotFound
 from storage.models import ApprovalMessageRow, ApprovalRow
 from storage.quorum import cast_vote, with_votes
 from storage.records import Approval, NewApproval
@@ -92,6 +93,7 @@ def approval_record(row: ApprovalRow) -> Approval:
         required_approvals=row.required_approvals,
         requested_by=row.requested_by,
         escalated_at=row.escalated_at,
+        approvers=approvers.decode(row.approvers),
     )
 
 
@@ -109,7 +111,8 @@ def mark_copies_owed(approval_ids: list[str]) -> None:
 _INSERT_COLUMNS = ("id", "agent", "kind", "summary", "payload", "status", "run_id",
                    "tool_call_id", "idempotency_key", "fingerprint", "callback_data", "adapter",
                    "created_at", "expires_at", "submitter_uid", "accepts_edits", "decided_by",
-                   "decided_at", "required_approvals", "requested_by", "escalate_at")
+                   "decided_at", "required_approvals", "requested_by", "escalate_at",
+                   "approvers")
 
 
 class ApprovalStore(StoreBase):
@@ -127,13 +130,16 @@ class ApprovalStore(StoreBase):
 
     def _transition_sql(self, single: bool = False) -> str:
         """The compare-and-set; ``single``: only a request one approval decides (one that
-        needs several goes through :func:`storage.quorum.cast_vote`)."""
+        needs several goes through :func:`storage.quorum.cast_vote`). A request with
+        approvers takes only theirs until it escalates (:mod:`storage.approvers`)."""
         p = self.db.param
         cas = (f'UPDATE "approval" SET "status" = {p}, "decided_by" = {p}, "decided_at" = {p}, '
                f'"reason" = {p}, "edited_payload" = {p} WHERE "id" = {p} '
                'AND "status" = \'pending\' '
                + ('AND "required_approvals" <= 1 ' if single else '')
-               + f'AND "expires_at" > {p} RETURNING {columns(ApprovalRow)}')
+               + f'AND "expires_at" > {p} '
+               f'AND ("approvers" IS NULL OR "escalated_at" IS NOT NULL OR "approvers" LIKE {p}) '
+               f'RETURNING {columns(ApprovalRow)}')
         if not is_postgres(self.db):
             return cas
         # PostgreSQL owes the copies in the same statement: one round trip per decision.
@@ -173,7 +179,7 @@ class ApprovalStore(StoreBase):
                 # A rule is one person's standing decision: never enough for a request
                 # that needs several approvers.
                 rule = take_rule(self, new.agent, new.kind, new.summary, new.run_id,
-                                 new.submitter_uid, now) \
+                                 new.submitter_uid, new.approvers, now) \
                     if new.required_approvals <= 1 else None
                 status, decided_by = ("approved", decided_by_rule(rule)) if rule else \
                     ("pending", None)
@@ -186,7 +192,8 @@ class ApprovalStore(StoreBase):
                      new.submitter_uid, new.accepts_edits, decided_by,
                      to_text(now) if rule else None, new.required_approvals,
                      new.requested_by, None if rule or new.escalate_after is None else
-                     to_text(now + timedelta(seconds=new.escalate_after))))
+                     to_text(now + timedelta(seconds=new.escalate_after)),
+                     approvers.encode(new.approvers)))
                 if rule is not None:
                     self.announce_final([approval_id])
                 elif new.chat_ids:
@@ -202,7 +209,7 @@ class ApprovalStore(StoreBase):
                 run_id=new.run_id, tool_call_id=new.tool_call_id, created_at=now,
                 expires_at=expires_at, submitter_uid=new.submitter_uid,
                 accepts_edits=new.accepts_edits, required_approvals=new.required_approvals,
-                requested_by=new.requested_by)
+                requested_by=new.requested_by, approvers=new.approvers)
         except Conflict:
             if new.idempotency_key is None:
                 raise
@@ -285,7 +292,7 @@ class ApprovalStore(StoreBase):
                 (status, decided_by, to_text(now), reason,
                  None if edited_payload is None else
                  ApprovalRow.edited_payload.db_value(edited_payload),
-                 approval_id, to_text(now)),
+                 approval_id, to_text(now), approvers.like_pattern(decided_by)),
             ).fetchone()
             if won is not None:
                 # Same transaction: the notifier never sees a decision without its copies
@@ -299,12 +306,14 @@ class ApprovalStore(StoreBase):
                 voted = cast_vote(self, approval_id, decided_by, edited_payload, now)
                 if voted is not None:
                     return voted
-            # Lost: it is unknown, final, or due. A due request is expired here and
-            # now, so every transition sees the same final state.
+            # Lost: it is unknown, final, due, or not this decider's (its route's
+            # approvers). A due request is expired here and now, so every transition
+            # sees the same final state.
             expired = list(
                 ApprovalRow.update(status="expired", decided_by="expiry",
                                    decided_at=ApprovalRow.expires_at)
-                .where((ApprovalRow.id == approval_id) & (ApprovalRow.status == "pending"))
+                .where((ApprovalRow.id == approval_id) & (ApprovalRow.status == "pending")
+                       & (ApprovalRow.expires_at <= now))
                 .returning(ApprovalRow)
                 .execute()
             )
@@ -314,7 +323,11 @@ class ApprovalStore(StoreBase):
             row = expired[0] if expired else ApprovalRow.get_or_none(ApprovalRow.id == approval_id)
         if row is None:
             raise NotFound(f"approval {approval_id} not found")
-        raise AlreadyFinal(approval_record(row), expired_now=bool(expired))
+        current = approval_record(row)
+        if current.status == "pending" and not approvers.may_decide(
+                current.approvers, current.escalated_at is not None, decided_by):
+            raise NotAnApprover(current)
+        raise AlreadyFinal(current, expired_now=bool(expired))
 
     @unit_of_work
     def expire_due(self, now: datetime | None = None) -> list[Approval]:

@@ -73,14 +73,31 @@ class Forbidden(TapgateError):
     code = "forbidden"
 
 
-class SelfApproval(Forbidden):
+class VoteRefused(Forbidden):
+    """An approver's decision that does not count; ``approval`` is the request as it
+    stands (still pending)."""
+
+    def __init__(self, approval: Any, message: str):
+        self.approval = approval
+        super().__init__(message)
+
+
+class SelfApproval(VoteRefused):
     """The approver is the person the request acts for (``requested_by``): separation
     of duties says their approval does not count."""
 
     def __init__(self, approval: Any):
-        self.approval = approval
-        super().__init__(f"approval {approval.id} acts for this approver, whose approval "
-                         "does not count toward it")
+        super().__init__(approval, f"approval {approval.id} acts for this approver, whose "
+                                   "approval does not count toward it")
+
+
+class NotAnApprover(VoteRefused):
+    """The request's route names its approvers, and this Telegram user is not one of them
+    (until the request escalates; :mod:`storage.approvers`)."""
+
+    def __init__(self, approval: Any):
+        super().__init__(approval, f"approval {approval.id} is decided only by its route's "
+                                   "approvers until it escalates")
 
 
 class InvalidArgument(TapgateError):

@@ -125,6 +125,7 @@ class ApprovalRow(BaseModel):
     requested_by = BigIntegerField(null=True)
     escalate_at = TimestampField(null=True)
     escalated_at = TimestampField(null=True)
+    approvers = TextField(null=True)  # ",1001,1002,": its route's approvers (storage.approvers)
 
     class Meta:
         table_name = "approval"
@@ -384,6 +385,7 @@ class RouteRow(BaseModel):
     kind = TextField()
     chat_ids = JSONTextField()
     created_at = TimestampField()
+    approver_ids = JSONTextField(null=True)  # null: every allowed user
 
     class Meta:
         table_name = "route"

@@ -14,10 +14,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from storage import approvers
 from storage.base import StoreBase, columns, decoder
 from storage.clock import to_text
 from storage.db import is_postgres
-from storage.errors import AlreadyVoted, InvalidArgument, SelfApproval
+from storage.errors import AlreadyVoted, InvalidArgument, NotAnApprover, SelfApproval
 from storage.models import ApprovalRow, VoteRow
 from storage.records import Approval, Vote
 
@@ -51,7 +52,8 @@ def cast_vote(store: StoreBase, approval_id: str, decided_by: str, edited_payloa
 
     Returns the request (approved if this vote reached the quorum, else pending with
     its votes), or None when it is not such a request (the caller then reports it
-    final, unknown or due). Raises :class:`SelfApproval` or :class:`AlreadyVoted`.
+    final, unknown or due). Raises :class:`SelfApproval`, :class:`NotAnApprover` or
+    :class:`AlreadyVoted`.
     """
     from storage.approvals import approval_record, mark_copies_owed
 
@@ -68,6 +70,9 @@ def cast_vote(store: StoreBase, approval_id: str, decided_by: str, edited_payloa
         return None
     voter = voter_of(decided_by)
     current = approval_record(request)
+    if not approvers.may_decide(current.approvers, current.escalated_at is not None,
+                                decided_by):
+        raise NotAnApprover(with_votes(store, current))
     if edited_payload is not None:
         raise InvalidArgument(f"approval {approval_id} needs {request.required_approvals} "
                               "approvers: each approves it as submitted, so it cannot be edited")

@@ -75,6 +75,7 @@ class NewApproval(Record):
     required_approvals: int = Field(1, ge=1, le=10)
     requested_by: int | None = None
     escalate_after: float | None = Field(None, gt=0)
+    approvers: list[int] | None = None
 
 
 class Vote(Record):
@@ -115,6 +116,9 @@ class Approval(Record):
                                   description="who approved so far (requests needing several)")
     escalated_at: datetime | None = Field(
         None, description="when the still-pending request was posted to the escalation chats")
+    approvers: list[int] | None = Field(
+        None, description="Telegram user ids who alone may decide it in Telegram, until it "
+                          "escalates: its route's approvers (null: every allowed user)")
 
     @property
     def callback_prefix(self) -> str:

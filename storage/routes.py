@@ -27,7 +27,8 @@ class RoutingSnapshot(NamedTuple):
 
 
 def _route_record(row: RouteRow) -> Route:
-    return Route(agent=row.agent, kind=row.kind, chats=row.chat_ids)
+    return Route(agent=row.agent, kind=row.kind, chats=row.chat_ids,
+                 approvers=row.approver_ids)
 
 
 class RouteStore(StoreBase):
@@ -51,7 +52,8 @@ class RouteStore(StoreBase):
             if routes:
                 RouteRow.insert_many([
                     {"position": n, "agent": r.agent, "kind": r.kind, "chat_ids": r.chats,
-                     "created_at": now} for n, r in enumerate(routes, 1)]).execute()
+                     "approver_ids": r.approvers, "created_at": now}
+                    for n, r in enumerate(routes, 1)]).execute()
         self.routes_version += 1
         return list(routes)
 

@@ -84,6 +84,7 @@ class ReplyPrompt(Record):
 # --- routes ---------------------------------------------------------------------
 
 MAX_CHAT_ID = 2**63 - 1  # a Telegram chat id fits a signed 64-bit integer
+MAX_USER_ID = 2**53  # Telegram: user ids have at most 52 significant bits
 
 
 class Route(Record):
@@ -93,6 +94,10 @@ class Route(Record):
     agent: str = Field("*", min_length=1, max_length=200)
     kind: str = Field("*", min_length=1, max_length=200)
     chats: list[StrictInt] = Field(min_length=1, max_length=100)
+    approvers: list[StrictInt] | None = Field(
+        None, min_length=1, max_length=100,
+        description="Telegram user ids who alone may decide its requests until they "
+                    "escalate (null: every allowed user)")
 
     @field_validator("chats")
     @classmethod
@@ -101,3 +106,11 @@ class Route(Record):
             if chat == 0 or abs(chat) > MAX_CHAT_ID:
                 raise ValueError(f"{chat} is not a Telegram chat id")
         return list(dict.fromkeys(value))
+
+    @field_validator("approvers")
+    @classmethod
+    def _user_ids(cls, value: list[int] | None) -> list[int] | None:
+        for user in value or ():
+            if not 1 <= user <= MAX_USER_ID:
+                raise ValueError(f"{user} is not a Telegram user id")
+        return None if value is None else list(dict.fromkeys(value))

@@ -15,6 +15,7 @@ import re
 from datetime import datetime, timedelta
 from functools import lru_cache
 
+from storage.approvers import rule_applies
 from storage.base import StoreBase, columns, decoder, unit_of_work
 from storage.clock import from_text, to_text
 from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotFound
@@ -82,23 +83,26 @@ def hour_of(now: datetime) -> datetime:
 
 
 def take_rule(store: StoreBase, agent: str, kind: str, summary: str, run_id: str | None,
-              submitter_uid: int | None, now: datetime) -> Rule | None:
+              submitter_uid: int | None, approvers: list[int] | None,
+              now: datetime) -> Rule | None:
     """Inside a write: the oldest live rule covering this request, its use counted (the
     rule's ``uses`` and its hour's digest line); None when no rule applies. A rule made
     from a request covers only requests of the same ``submitter_uid``: the agent's name
-    is its own claim, its uid is not."""
+    is its own claim, its uid is not. A request with approvers (its route's) takes only
+    rules one of them made (or the CLI or API: :func:`storage.approvers.rule_applies`)."""
     if kind in NEVER_RULED:
         return None
     p = store.db.param
     # Only ids and globs: a submission matched against many rules decodes none but the hit.
     candidates = store.db.execute_sql(store.statement("rule.live", lambda: (
-        f'SELECT "id", "match" FROM "approval_rule" WHERE "agent" = {p} AND "kind" = {p} '
+        f'SELECT "id", "match", "created_by" FROM "approval_rule" '
+        f'WHERE "agent" = {p} AND "kind" = {p} '
         f'AND "revoked_at" IS NULL AND ("expires_at" IS NULL OR "expires_at" > {p}) '
         f'AND ("run_id" IS NULL OR "run_id" = {p}) '
         f'AND ("submitter_uid" IS NULL OR "submitter_uid" = {p}) ORDER BY "id"')),
         (agent, kind, to_text(now), run_id, submitter_uid)).fetchall()
-    for rule_id, match in candidates:
-        if glob_matches(match, summary, kind):
+    for rule_id, match, created_by in candidates:
+        if glob_matches(match, summary, kind) and rule_applies(approvers, created_by):
             return rule_record(_count_use(store, rule_id, now))
     return None
 

@@ -257,7 +257,7 @@ def test_read_only_commands_do_not_migrate(tmp_path, monkeypatch, capsys):
     assert run_cli(capsys, "migrate")[1] == (
         "applied 0001_initial, 0002_trust, 0003_decisions, 0004_cluster, 0005_webhook, "
         "0006_teams, 0007_routes, 0008_topics, 0009_digests, 0010_policy_teams, "
-        "0011_rule_uid\n")
+        "0011_rule_uid, 0012_route_approvers\n")
     assert run_cli(capsys, "pending")[1] == "no pending requests\n"
 
 

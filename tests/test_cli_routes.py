@@ -13,7 +13,8 @@ from bot.config import load_settings
 from bot.routing import Router
 from tests.test_cli import run_cli
 
-ROUTES = '[{"agent": "deploy-*", "chats": [-1001]}, {"kind": "budget.grant", "chats": [-1003]}]'
+ROUTES = ('[{"agent": "deploy-*", "chats": [-1001], "approvers": [1002]}, '
+          '{"kind": "budget.grant", "chats": [-1003]}]')
 POLICY = """
 routes:
   - agent: "docs-?"
@@ -29,6 +30,7 @@ routes:
 def routes_env(db_url, clean_env, monkeypatch, tmp_path):
     monkeypatch.setenv("TAPGATE_DATABASE_URL", db_url)
     monkeypatch.setenv("TAPGATE_APPROVER_CHAT_IDS", "111,222")
+    monkeypatch.setenv("TAPGATE_APPROVER_USER_IDS", "1001,1002")
     monkeypatch.setenv("TAPGATE_ROUTES", ROUTES)
     monkeypatch.setenv("TAPGATE_ESCALATION_CHAT_IDS", "-1009")
     monkeypatch.setenv("TAPGATE_ESCALATE_AFTER", "15m")
@@ -40,10 +42,12 @@ def test_the_settings_routes_then_the_approver_chats(routes_env, capsys):
     code, out, err = run_cli(capsys, "routes")
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["#", "FROM", "AGENT", "KIND", "CHATS"]
-    assert lines[1].split() == ["1", "TAPGATE_ROUTES", "deploy-*", "*", "-1001"]
-    assert lines[2].split() == ["2", "TAPGATE_ROUTES", "*", "budget.grant", "-1003"]
-    assert lines[3].split() == ["-", "TAPGATE_APPROVER_CHAT_IDS", "*", "*", "111,", "222"]
+    assert lines[0].split() == ["#", "FROM", "AGENT", "KIND", "CHATS", "APPROVERS"]
+    assert lines[1].split() == ["1", "TAPGATE_ROUTES", "deploy-*", "*", "-1001", "1002"]
+    assert lines[2].split() == ["2", "TAPGATE_ROUTES", "*", "budget.grant", "-1003", "any",
+                                "allowed", "user"]
+    assert lines[3].split() == ["-", "TAPGATE_APPROVER_CHAT_IDS", "*", "*", "111,", "222",
+                                "any", "allowed", "user"]
     assert "Still pending after 15m: also -1009" in out
 
 
@@ -83,6 +87,9 @@ async def test_stored_routes_come_first_and_match_as_the_bot_does(routes_env, ca
     code, out, _ = run_cli(capsys, "routes", "--agent", "deploy-api", "--kind", "shell")
     assert out == ("deploy-api · shell → route 2 (policy file: agent deploy-api, kind shell): "
                    "-1004\n")
+    code, out, _ = run_cli(capsys, "routes", "--agent", "deploy-api", "--kind", "edit")
+    assert out == ("deploy-api · edit → route 3 (TAPGATE_ROUTES: agent deploy-*, kind *): "
+                   "-1001; decided by 1002\n")
     code, out, _ = run_cli(capsys, "routes", "--agent", "cc", "--kind", "Bash")
     assert out == "cc · Bash → no route matches: the approver chats " \
                   "(TAPGATE_APPROVER_CHAT_IDS): 111, 222\n"

@@ -22,7 +22,7 @@ from storage.store import Store
 # must fail here.
 MIGRATIONS = ["0001_initial", "0002_trust", "0003_decisions", "0004_cluster", "0005_webhook",
               "0006_teams", "0007_routes", "0008_topics", "0009_digests", "0010_policy_teams",
-              "0011_rule_uid"]
+              "0011_rule_uid", "0012_route_approvers"]
 ADMIN_URL = os.environ.get("TAPGATE_TEST_POSTGRES_URL",
                            "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -148,7 +148,7 @@ def test_a_newer_schema_is_refused_and_left_alone(fresh_url, open_store):
     store = open_store(fresh_url)
     with pytest.raises(SchemaTooNew) as info:
         store.migrate()
-    assert "on-disk v9999 > binary v11" in str(info.value)
+    assert "on-disk v9999 > binary v12" in str(info.value)
     assert "9999_future" in str(info.value)
     assert (info.value.on_disk, info.value.binary, info.value.unknown) == (
         9999, len(MIGRATIONS), ["9999_future"])
@@ -156,7 +156,7 @@ def test_a_newer_schema_is_refused_and_left_alone(fresh_url, open_store):
 
     with pytest.raises(SchemaTooNew) as info:
         store.check_schema()
-    assert "on-disk v9999 > binary v11" in str(info.value)
+    assert "on-disk v9999 > binary v12" in str(info.value)
     assert snapshot(fresh_url) == before
 
     status = store.migration_status()
@@ -178,7 +178,7 @@ def test_a_newer_schema_is_refused_before_anything_is_created(fresh_url, open_st
     add_future_migration(fresh_url)
     before = snapshot(fresh_url)
     store = open_store(fresh_url)
-    with pytest.raises(SchemaTooNew, match=r"on-disk v9999 > binary v11"):
+    with pytest.raises(SchemaTooNew, match=r"on-disk v9999 > binary v12"):
         store.migrate()
     assert tables(fresh_url) == {"schema_migration"}
     assert snapshot(fresh_url) == before

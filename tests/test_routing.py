@@ -199,7 +199,8 @@ def test_policy_apply_replaces_the_stored_routes_only_when_the_file_has_some(cli
     second.write_text("routes:\n  - {agent: 'docs-?', kind: edit, chats: [-100333]}\n")
     code, out, _ = cli("policy", "apply", "--json", str(second))
     assert code == 0 and json.loads(out) == {
-        "items": [], "routes": [{"agent": "docs-?", "kind": "edit", "chats": [LATE]}]}
+        "items": [], "routes": [{"agent": "docs-?", "kind": "edit", "chats": [LATE],
+                                 "approvers": None}]}
     assert _stored(db_url) == [Route(agent="docs-?", kind="edit", chats=[LATE])]
     bad = tmp_path / "bad.yaml"
     bad.write_text("routes:\n  - {chats: [0]}\n")

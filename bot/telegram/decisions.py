@@ -39,7 +39,8 @@ from bot.telegram.handlers import (
     tap_allowed,
 )
 from storage.approvals import parse_action
-from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotFound
+from storage.approvers import may_decide
+from storage.errors import AlreadyFinal, Conflict, InvalidArgument, NotFound, VoteRefused
 from storage.records import Approval
 from storage.rules import NEVER_RULED, is_shell_kind
 
@@ -139,6 +140,9 @@ async def _decide_with_rule(query, context: ContextTypes.DEFAULT_TYPE, fe: Front
     except InvalidArgument as exc:
         await _answer(query, rr.popup(f"⚠️ {exc}"), alert=True)
         return
+    except VoteRefused as exc:  # not among the route's approvers: no rule either
+        await _answer(query, render.vote_refused(exc), alert=True)
+        return
     await asyncio.sleep(0)  # let the woken agents' waits return before we build the answer
     await _answer(query, rr.rule_made_answer(rule))
     if action != "always" or chat_id is None or not is_shell_kind(approval.kind):
@@ -167,6 +171,10 @@ async def _ask(query, context: ContextTypes.DEFAULT_TYPE, fe: FrontEnd, approval
     user, message = query.from_user, query.message
     if message is None:
         await _answer(query, render.INVALID_BUTTON)
+        return
+    if not may_decide(approval.approvers, approval.escalated_at is not None, describe(user)):
+        # Asking would be a promise the reply could not keep (its decision is refused).
+        await _answer(query, render.NOT_AN_APPROVER, alert=True)
         return
     chat_id = message.chat.id
     reply_to = ReplyParameters(message.message_id, allow_sending_without_reply=True)
@@ -272,6 +280,9 @@ async def on_reply(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     except InvalidArgument as exc:
         await _reply(update, render.esc(f"⚠️ {exc}"))
+        return
+    except VoteRefused as exc:  # the prompt's tap was checked; kept for any refusal
+        await _reply(update, render.esc(render.vote_refused(exc)))
         return
     await _reply(update, render.decided_reply(decided))
 

@@ -45,8 +45,8 @@ def all_answer(status: str, counts: dict[str, int], total: int) -> str:
     if counts["voted"]:
         parts.append(f"voted on {counts['voted']} (more approvers needed)")
     if counts["refused"]:
-        parts.append(f"{counts['refused']} not counted (already approved by you, or acting "
-                     "for you)")
+        parts.append(f"{counts['refused']} not counted (already approved by you, acting "
+                     "for you, or not yours to decide)")
     if counts["already"]:
         were = "was" if counts["already"] == 1 else "were"
         parts.append(f"{counts['already']} {were} already decided")

@@ -32,7 +32,7 @@ from bot.telegram.notifier import TelegramNotifier
 from bot.window import describe as window_label
 from bot.window import parse_instant
 from storage.approvals import parse_callback_data
-from storage.errors import AlreadyFinal, AlreadyVoted, InvalidArgument, NotFound, SelfApproval
+from storage.errors import AlreadyFinal, AlreadyVoted, InvalidArgument, NotFound, VoteRefused
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ async def decide_request(fe: FrontEnd, approval_id: str, status: str, user: User
         return Decided("unknown")
     except AlreadyFinal as exc:
         return Decided("already", exc.approval)
-    except (AlreadyVoted, SelfApproval) as exc:  # a request needing several approvers
+    except (AlreadyVoted, VoteRefused) as exc:  # a second vote, the requester's, a stranger's
         return Decided("refused", exc.approval, exc)
     return Decided("voted" if approval.status == "pending" else "decided", approval)
 
@@ -245,7 +245,7 @@ async def _decide(update: Update, context: ContextTypes.DEFAULT_TYPE, status: st
     except AlreadyFinal as exc:
         await _reply(update, render.already_reply(exc.approval))
         return
-    except (AlreadyVoted, SelfApproval) as exc:
+    except (AlreadyVoted, VoteRefused) as exc:
         await _reply(update, render.esc(render.vote_refused(exc)))
         return
     await _reply(update, render.decided_reply(approval))

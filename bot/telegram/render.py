@@ -32,7 +32,7 @@ from bot.telegram.fit import (
     visible_length,
 )
 from bot.telegram.render_spend import spend_caption, spend_error, spend_table
-from storage.errors import SelfApproval
+from storage.errors import NotAnApprover, SelfApproval
 from storage.records import Approval
 from storage.rules import NEVER_RULED
 
@@ -247,9 +247,16 @@ def progress(approval: Approval) -> str:
     return line
 
 
+NOT_AN_APPROVER = ("🚫 Only this route's approvers may decide this request (anyone allowed "
+                   "may once it escalates).")
+
+
 def vote_refused(error) -> str:
-    """The popup for an approval that did not count (a second tap, the requester's own)."""
+    """The popup for a decision that did not count (a second tap, the requester's own, or
+    one by someone not among the request's route approvers)."""
     approval = error.approval
+    if isinstance(error, NotAnApprover):
+        return NOT_AN_APPROVER
     if isinstance(error, SelfApproval):
         return clip("🚫 This request acts for you: your approval does not count (separation "
                     f"of duties). It needs {approval.required_approvals} other approvers.",
