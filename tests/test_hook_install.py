@@ -317,6 +317,36 @@ def test_the_command_is_an_executable_tapgate_hook_command_line(dirs, capsys, ag
     assert args.socket == "/run/elsewhere/t.sock"  # the non-default socket is spelled out
 
 
+@pytest.mark.parametrize(("agent", "scope"), CASES)
+def test_requested_by_and_required_approvals_are_written_and_uninstalled(
+        dirs, capsys, agent, scope):
+    path = seed(dirs, agent, scope)
+    original = path.read_bytes()
+    run(capsys, "hook", "install", agent, "--scope", scope)
+    code, out, _ = run(capsys, "hook", "install", agent, "--scope", scope,
+                       "--requested-by", "1001", "--required-approvals", "2")
+    assert code == 0 and out.startswith("updated the ")  # in place, never doubled
+    data = json.loads(path.read_text())
+    handlers = ours(data, agent) + ours(data, agent, session_end=True)
+    assert len(handlers) == (1 if agent == "codex" else 2)
+    for handler in handlers:  # the tool hook, and the SessionEnd one where there is one
+        args = cli.build_parser().parse_args(split_prefix(shlex.split(handler["command"]))[1])
+        assert (args.agent, args.requested_by, args.required_approvals) == (agent, "1001", "2")
+    code, out, _ = run(capsys, "hook", "uninstall", agent, "--scope", scope)
+    assert code == 0 and out.startswith("removed the ")
+    assert json.loads(path.read_text()) == json.loads(original)
+
+
+@pytest.mark.parametrize("argv", [["--requested-by", "@alice"], ["--required-approvals", "11"]])
+def test_bad_approver_options_are_refused_before_anything_is_written(dirs, capsys, argv):
+    with pytest.raises(SystemExit) as exit_:  # argparse's, as for tapgate request's
+        cli.main(["hook", "install", "claude-code", *argv])
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert exit_.value.code == 2 and repr(argv[1]) in last
+    assert last.startswith(f"tapgate hook install: error: argument {argv[0]}: ")
+    assert not (dirs / "home" / ".claude").exists()
+
+
 def test_the_default_socket_is_left_to_the_client(dirs, capsys, monkeypatch):
     monkeypatch.setenv("TAPGATE_SOCKET_PATH", str(dirs / "default.sock"))
     monkeypatch.setattr(inst, "default_socket_path", lambda: dirs / "default.sock")

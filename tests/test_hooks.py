@@ -24,7 +24,7 @@ import pytest
 from bot.client import AsyncTapgateClient
 from tests.botproc import BotProcess
 from tests.test_api import lite  # noqa: F401  (the fixture: the API in the test's loop)
-from tests.test_telegram import ALICE, BOB, CHAT_A, CHAT_B
+from tests.test_telegram import ALICE, BOB, CHAT_A, CHAT_B, answer_of
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENTS = ("claude-code", "codex", "gemini")
@@ -302,18 +302,19 @@ async def test_big_write_is_summarized_and_cut_to_fit(fake, bot):
 def test_summaries_and_the_api_limits():
     from bot.api import schemas
     from bot.integrations import core
+    from bot.integrations import summary as summaries
 
     def limit(model, name: str) -> int:
         return next(m.max_length for m in model.model_fields[name].metadata
                     if getattr(m, "max_length", None))
 
-    assert schemas.MAX_PAYLOAD == core.MAX_PAYLOAD
+    assert schemas.MAX_PAYLOAD == summaries.MAX_PAYLOAD
     assert limit(schemas.ApprovalCreate, "kind") == core.MAX_KEY  # also run_id's and the key's
     assert limit(schemas.RunPut, "name") == core.MAX_NAME
 
     def summary(tool: str, tool_input: dict) -> str:
-        return core.summarize(core.HookRequest("PreToolUse", tool, tool_input,
-                                               cwd="/repo"))
+        return summaries.summarize(core.HookRequest("PreToolUse", tool, tool_input,
+                                                    cwd="/repo"))
 
     assert summary("Bash", {"command": "rm -rf build/\n  && make"}) == "rm -rf build/ && make"
     assert summary("Edit", {"file_path": "/repo/a/b.py", "old_string": "x"}) == "Edit a/b.py"
@@ -430,6 +431,64 @@ async def test_the_approvers_reason_reaches_the_model_verbatim(agent, lite):  # 
     hook = await Hook.start(agent, event_for(agent, f"git push # {agent}"), socket=lite.path)
     decision, reason, _ = await hook.answer()
     assert decision == "deny" and reason.endswith(f": {why}") and "@bob" in reason
+
+
+# --- two-person approval: whom the agent works for, how many must approve -------------------
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+async def test_requested_by_and_required_approvals_reach_the_request(agent, lite):  # noqa: F811
+    editor = Editor(lite, reason="not now")
+    hook = await Hook.start(agent, event_for(agent, f"make release # {agent}"),
+                            "--requested-by", "1001", "--required-approvals", "2",
+                            socket=lite.path)
+    decision, _, _ = await hook.answer()
+    assert decision == "deny"
+    [seen] = editor.seen
+    stored = await lite.manager.get(seen.id)  # the record as the bot keeps it
+    assert (stored.requested_by, stored.required_approvals) == (1001, 2)
+    # Without the options, the request is the single approver's one it always was.
+    hook = await Hook.start(agent, event_for(agent, f"make test # {agent}"), socket=lite.path)
+    await hook.answer()
+    plain = await lite.manager.get(editor.seen[1].id)
+    assert (plain.requested_by, plain.required_approvals) == (None, 1)
+
+
+BAD_APPROVER_OPTIONS = [("--requested-by", "0"), ("--requested-by", "alice"),
+                        ("--requested-by", str(2**53 + 1)), ("--required-approvals", "0"),
+                        ("--required-approvals", "11"), ("--required-approvals", "two")]
+
+
+@pytest.mark.parametrize("option,value", BAD_APPROVER_OPTIONS)
+async def test_a_bad_approver_option_answers_the_fallback_and_posts_nothing(
+        option, value, lite):  # noqa: F811
+    # As a bad --ttl: the agent still gets its answer, exit 0, the reason naming the option.
+    for agent in AGENTS:
+        hook = await Hook.start(agent, event_for(agent, "ls"), option, value, socket=lite.path)
+        decision, reason, _ = await hook.answer()
+        assert decision == FALLBACK[agent] and f"{option}:" in reason and value in reason
+    async with AsyncTapgateClient(lite.path) as client:
+        assert await client.list_approvals() == []
+
+
+async def test_the_requesters_own_tap_does_not_count_end_to_end(fake, bot):
+    """The hook acts for @alice (1001) and asks for two approvers: her Approve is refused
+    with a popup, the stored request says so, and @bob's deny decides."""
+    command = "kubectl delete ns staging # for alice"
+    hook = await Hook.start("claude-code", event_for("claude-code", command),
+                            "--requested-by", str(ALICE.id), "--required-approvals", "2",
+                            socket=bot.socket_path)
+    msg, approval_id = await posted_request(fake, command)
+    assert "0 of 2" in msg.text
+    own = fake.tap(msg.chat_id, msg.message_id, ALICE, button_text="✅ Approve")
+    assert "acts for you" in await answer_of(fake, own)
+    async with AsyncTapgateClient(bot.socket_path) as client:
+        stored = await client.get_approval(approval_id)
+    assert (stored.requested_by, stored.required_approvals) == (ALICE.id, 2)
+    assert stored.status == "pending" and stored.approvals == []
+    fake.send_text(CHAT_B, BOB, f"/deny {approval_id} not while alice is on call")
+    decision, reason, _ = await hook.answer()
+    assert decision == "deny" and "not while alice is on call" in reason
 
 
 @pytest.mark.parametrize("agent", ["claude-code", "gemini"])

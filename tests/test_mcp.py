@@ -33,9 +33,11 @@ async def bot(fake, sqlite_url):
 
 
 @asynccontextmanager
-async def mcp_session(env: dict[str, str], errlog: Path, client_name: str = "test-agent"):
-    """An initialized SDK client session with ``python -m bot mcp`` (stderr to ``errlog``)."""
-    params = StdioServerParameters(command=sys.executable, args=["-m", "bot", "mcp"],
+async def mcp_session(env: dict[str, str], errlog: Path, client_name: str = "test-agent",
+                      args: tuple[str, ...] = ()):
+    """An initialized SDK client session with ``python -m bot mcp [args]`` (stderr to
+    ``errlog``)."""
+    params = StdioServerParameters(command=sys.executable, args=["-m", "bot", "mcp", *args],
                                    env=env, cwd=str(ROOT))
     with errlog.open("a") as err:
         async with stdio_client(params, errlog=err) as (read, write), ClientSession(
@@ -137,6 +139,46 @@ async def test_an_edit_reaches_the_agent_only_when_it_accepts_edits(fake, sqlite
     assert plain["status"] == "approved" and plain["edited_payload"] is None
     stored = await lite.manager.get(result["id"])
     assert stored.accepts_edits is True and stored.payload == {"command": "deploy prod"}
+
+
+ACTS_FOR = ("--requested-by", "1001", "--required-approvals", "2")
+# What a model might try to pass to choose whom its request acts for, or fewer approvers.
+OVERRIDE = {"requested_by": 6666, "required_approvals": 1}
+
+
+async def test_the_servers_requested_by_and_quorum_go_with_every_request(fake, sqlite_url,
+                                                                        lite, tmp_path):  # noqa: F811
+    """Set on the server's command line, sent with each request; the model has no say:
+    no such tool arguments, and the ones it makes up are not used."""
+    env = bot_env(fake, sqlite_url, lite.path)
+    async with mcp_session(env, tmp_path / "mcp.log", args=ACTS_FOR) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        properties = tools["request_approval"].input_schema["properties"]
+        assert not {"requested_by", "required_approvals"} & set(properties)
+        first = structured(await session.call_tool(
+            "request_approval", {"kind": "deploy", "summary": "ship v3", "wait": False}))
+        second = structured(await session.call_tool(
+            "request_approval", {"kind": "deploy", "summary": "ship v4", "wait": False,
+                                 **OVERRIDE}))
+    for result in (first, second):
+        stored = await lite.manager.get(result["id"])
+        assert (stored.requested_by, stored.required_approvals) == (1001, 2)
+    # A server started without them sends none, whatever the model passes.
+    async with mcp_session(env, tmp_path / "mcp.log") as session:
+        plain = structured(await session.call_tool(
+            "request_approval", {"kind": "deploy", "summary": "ship v5", "wait": False,
+                                 **OVERRIDE}))
+    stored = await lite.manager.get(plain["id"])
+    assert (stored.requested_by, stored.required_approvals) == (None, 1)
+
+
+@pytest.mark.parametrize("argv", [["--requested-by", "-5"], ["--required-approvals", "0"]])
+def test_a_bad_approver_option_stops_the_server_on_stderr(tmp_path, argv):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPGATE_")}
+    done = subprocess.run([sys.executable, "-m", "bot", "mcp", *argv], cwd=ROOT, env=env,
+                          input="", capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == ""  # stdout is the protocol's
+    assert done.stderr.splitlines()[-1].startswith(f"tapgate mcp: error: argument {argv[0]}")
 
 
 async def test_no_wait_then_get_approval(bot, fake, tmp_path):
@@ -253,6 +295,24 @@ def test_install_project_scope_keeps_other_servers(project):
     assert second.returncode == 0, second.stderr
     assert path.read_bytes() == written
     assert "already installed" in second.stdout
+
+
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_install_puts_requested_by_and_quorum_into_the_command(project, where):
+    proj, home = project
+    argv = (["install", "claude-code", "--scope", "project", *ACTS_FOR] if where == "after"
+            else [*ACTS_FOR, "install", "claude-code", "--scope", "project"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAPGATE_")}
+    env.update(HOME=str(home))
+    done = subprocess.run([sys.executable, "-m", "bot", "mcp", *argv], cwd=proj, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    entry = json.loads((proj / ".mcp.json").read_text())["mcpServers"]["tapgate"]
+    assert entry["args"][-5:] == ["mcp", *ACTS_FOR]
+    # Registered again without them: the entry is replaced, the options gone.
+    assert run_install(proj, home, "--scope", "project").returncode == 0
+    entry = json.loads((proj / ".mcp.json").read_text())["mcpServers"]["tapgate"]
+    assert entry["args"][-1] == "mcp"
 
 
 def test_installed_command_starts_the_server(project, tmp_path):

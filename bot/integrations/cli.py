@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from bot.integrations.approvers import add_options as add_approver_options
+
 AGENTS = ("claude-code", "codex", "gemini")
 FALLBACKS = ("ask", "deny", "allow")
 
@@ -29,6 +31,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="gate only tools whose name matches; others pass untouched")
         p.add_argument("--socket", metavar="PATH", help="the bot's socket (default: the "
                                                         "settings' TAPGATE_SOCKET_PATH)")
+        add_approver_options(p, checked=False)  # a bad value: the fallback, as for --ttl
         p.set_defaults(func=_run_hook, agent=agent, needs_settings=False)
     for verb in ("install", "uninstall"):
         p = agents.add_parser(verb, help=f"{verb} the hook in an agent's settings")
@@ -46,16 +49,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                                         "timeout is set above it)")
             p.add_argument("--fallback", choices=FALLBACKS, default=None)
             p.add_argument("--only", metavar="REGEX")
+            add_approver_options(p)
         p.set_defaults(func=_install if verb == "install" else _uninstall)
 
     mcp = sub.add_parser("mcp", help="an MCP server over stdio (ask a human from any MCP "
                                      "client)")
+    # Options of the server, not tool arguments: the model must not choose whom its
+    # requests act for (bot/integrations/approvers.py).
+    add_approver_options(mcp)
     mcp.set_defaults(func=_serve_mcp, needs_settings=False)
     mcp_sub = mcp.add_subparsers(dest="mcp_command", metavar="{install}")
     p = mcp_sub.add_parser("install", help="register the MCP server with an MCP client")
     p.add_argument("client", choices=("claude-code",))
     p.add_argument("--scope", choices=("user", "project", "local"), default="project")
     p.add_argument("--dry-run", action="store_true")
+    add_approver_options(p, keep_parent=True)  # mcp --requested-by U install: kept too
     p.set_defaults(func=_install_mcp, needs_settings=True)
 
 

@@ -20,21 +20,21 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
+from bot.integrations import approvers
 from bot.integrations.light_socket import LightSocket, SocketError
+from bot.integrations.summary import payload_of, summarize
 
 MAX_STDIN = 8 * 1024 * 1024  # a Write of a big file arrives whole; more is not an event
 WAIT_GRACE = 5.0  # seconds past the TTL: the bot marks the request expired, then we stop
 # The API's limits (bot/api/schemas.py, which costs pydantic models to import; a test
-# keeps these equal): ids and kinds, a run's name, a payload as compact JSON.
-MAX_KEY, MAX_NAME, MAX_PAYLOAD = 200, 500, 64 * 1024
-LONG_STRING = 2000  # tool_input strings longer than this are cut when the payload is too big
+# keeps these equal): ids and kinds, a run's name (a payload's: bot.integrations.summary).
+MAX_KEY, MAX_NAME = 200, 500
 
 Decision = Literal["allow", "deny", "ask", "pass"]
 
@@ -102,7 +102,9 @@ def run_hook(agent: str, args: Any, stdin: Any = None, stdout: Any = None) -> in
     """``tapgate hook <agent>``: read the event, ask, print the answer; always exit 0.
 
     ``args``: ``fallback`` (ask|deny|allow|None), ``ttl`` (a duration), ``only`` (a
-    regex on the tool name), ``socket`` and ``env_file`` (paths or None).
+    regex on the tool name), ``requested_by`` and ``required_approvals`` (as text or
+    None: see :mod:`bot.integrations.approvers`), ``socket`` and ``env_file`` (paths or
+    None).
     """
     stdin = stdin if stdin is not None else sys.stdin.buffer
     stdout = stdout if stdout is not None else sys.stdout
@@ -190,6 +192,12 @@ def _decide(adapter: Adapter, event: dict[str, Any], args: Any, fallback: str) -
         raise HookInputError(f"--ttl: {exc}") from None
     if not 1 <= ttl <= 30 * 86400:
         raise HookInputError("--ttl: must be between 1s and 30d")
+    try:
+        # Checked here, not by argparse, as --ttl is: a bad value must end in the
+        # fallback answer, never in an exit that leaves the agent without one.
+        quorum = approvers.fields(args)
+    except ValueError as exc:
+        raise HookInputError(str(exc)) from None
     settings = load_client_settings(getattr(args, "env_file", None))
     socket_path = str(getattr(args, "socket", None) or settings.socket_path)
     server_uid = settings.server_uid
@@ -204,7 +212,7 @@ def _decide(adapter: Adapter, event: dict[str, Any], args: Any, fallback: str) -
                 "idempotency_key": _key(request.tool_use_id),
                 # Without it the bot refuses an approver's Edit: the agent would run the
                 # original, not what was approved.
-                "accepts_edits": True if adapter.accepts_edits else None}
+                "accepts_edits": True if adapter.accepts_edits else None, **quorum}
         submitted = sock.call("POST", "/v1/approvals", {k: v for k, v in body.items()
                                                         if v is not None})
     finally:
@@ -290,80 +298,6 @@ def _run_for(sock: LightSocket, request: HookRequest) -> str | None:
     except SocketError:
         sock.call("GET", path)  # a parallel hook of the same session created it first
     return run_id
-
-
-# --- what the approver sees -----------------------------------------------------------------
-
-PATH_KEYS = ("file_path", "notebook_path", "path", "absolute_path", "dir_path")
-MAIN_KEYS = ("command", "url", "query", "pattern", "prompt", "description", "name", "id")
-
-
-def _one_line(text: str, limit: int) -> str:
-    text = " ".join(str(text).replace("\x00", "").split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def summarize(request: HookRequest, limit: int = 500) -> str:
-    """One line a person can judge at a glance: the shell command, ``Edit path``,
-    ``Write path (N lines)``, ``mcp__server__tool: main argument``."""
-    name, data = request.tool_name, request.tool_input
-    command = data.get("command")
-    if isinstance(command, list):
-        command = " ".join(str(part) for part in command)
-    if isinstance(command, str) and command.strip():
-        return _one_line(f"{name}: {command}" if name.startswith("mcp__") else command, limit)
-    path = next((data[k] for k in PATH_KEYS if isinstance(data.get(k), str) and data[k]), None)
-    if path is not None:
-        base = (request.cwd or "").rstrip("/") + "/"
-        text = f"{name} {path.removeprefix(base) if base != '/' else path}"
-        content = data.get("content")
-        if isinstance(content, str):  # a file written whole: how big it is
-            lines = content.count("\n") + (0 if content.endswith("\n") or not content else 1)
-            text += f" ({lines} line{'' if lines == 1 else 's'})"
-        return _one_line(text, limit)
-    main = next((data[k] for k in MAIN_KEYS if isinstance(data.get(k), str) and data[k]), None)
-    if main is None:  # an MCP tool's own argument names: its first short string
-        main = next((v for v in data.values() if isinstance(v, str) and v.strip()), None)
-    return _one_line(f"{name}: {main}" if main else name, limit) or "tool call"
-
-
-def payload_of(request: HookRequest) -> dict[str, Any]:
-    """What the approver can open: the tool input and where it runs (never the transcript
-    itself, only its path), cut to fit the API's payload limit."""
-    payload = {"tool_input": request.tool_input, "cwd": request.cwd,
-               "session_id": request.session_id, "tool_use_id": request.tool_use_id,
-               "hook_event_name": request.event, **request.extra}
-    payload = {k: v for k, v in payload.items() if v is not None}
-    budget = MAX_PAYLOAD - 1024  # room for the envelope's own growth
-    try:
-        if json_size(payload) <= budget:
-            return payload
-        payload["tool_input"] = _cut(request.tool_input, LONG_STRING)
-        if json_size(payload) <= budget:
-            return payload
-    except ValueError:  # NaN or Infinity somewhere: send a readable text instead
-        pass
-    text = json.dumps(request.tool_input, ensure_ascii=False, default=str)
-    payload["tool_input"] = {"truncated": _cut(text, budget // 4), "chars": len(text)}
-    return payload
-
-
-def json_size(value: Any) -> int:
-    """Bytes of ``value`` as compact JSON, as the API counts them (ValueError: NaN, Infinity)."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def _cut(value: Any, limit: int) -> Any:
-    if isinstance(value, str) and len(value) > limit:
-        return value[:limit] + f"… [{len(value) - limit} more characters]"
-    if isinstance(value, dict):
-        return {k: _cut(v, limit) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_cut(v, limit) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # the API refuses NaN and Infinity
-    return value
 
 
 # --- helpers for the adapters ---------------------------------------------------------------

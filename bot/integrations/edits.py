@@ -18,8 +18,8 @@ def edited_verdict(approval: Any, who: str, request: HookRequest | None,
     """Allow with the agent's own tool input, only the field the approver edited replaced.
 
     The edited payload is never sent back whole: its tool input may have been cut to fit
-    the API's limit (:func:`bot.integrations.core.payload_of`). What cannot be applied is denied, never run as
-    the original: that is not what was approved."""
+    the API's limit (:func:`bot.integrations.summary.payload_of`). What cannot be applied
+    is denied, never run as the original: that is not what was approved."""
     updated = edited_input(approval.edited_payload, request) if accepts_edits else None
     if updated is None:
         return Verdict("deny", f"Approved by {who} via Tapgate ({approval.id}) only with an "

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import Settings, parse_duration
+from bot.integrations import approvers
 from storage.errors import TapgateError
 
 # The hook answers within the request's TTL; the agent must not kill it first.
@@ -128,7 +129,8 @@ def socket_arg(settings: Settings | None, always: bool = False) -> str | None:
 
 
 def hook_command(agent: str, args: argparse.Namespace, settings: Settings | None) -> str:
-    """The shell command the agent runs: ``<tapgate> [--env-file F] hook AGENT --ttl ...``."""
+    """The shell command the agent runs: ``<tapgate> [--env-file F] hook AGENT --ttl ...``
+    (with ``--requested-by`` and ``--required-approvals`` when given)."""
     argv = tapgate_argv()
     env_file = getattr(args, "env_file", None)
     if env_file is None and Path("bot.env").is_file():
@@ -142,6 +144,7 @@ def hook_command(agent: str, args: argparse.Namespace, settings: Settings | None
         argv += ["--fallback", args.fallback]
     if args.only:
         argv += ["--only", args.only]
+    argv += approvers.argv(args)
     socket = socket_arg(settings, always=AGENTS[agent].sanitized_env)
     if socket:
         argv += ["--socket", socket]

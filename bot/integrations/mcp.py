@@ -10,9 +10,13 @@ when the client sent a progress token; with ``accepts_edits`` an approver may ap
 edited payload, returned as ``edited_payload``), ``get_approval`` (for clients that time out
 long tool calls: submit with ``wait=false``, then poll) and ``spend``.
 
+``tapgate mcp --requested-by USER_ID --required-approvals N`` sends those with every
+request (:mod:`bot.integrations.approvers`). They are the server's options, not tool
+arguments: the model is the governed party and must not choose whom its requests act for.
+
 ``tapgate mcp install claude-code`` registers the server the way ``claude mcp add``
 does: ``.mcp.json`` (project scope), ``~/.claude.json`` top level (user) or its
-``projects[<cwd>]`` entry (local).
+``projects[<cwd>]`` entry (local), with those options in the registered command.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from pydantic import BaseModel, Field
 
 from bot.client import AsyncTapgateClient, ClientError, ConnectionFailed
 from bot.config import Settings, load_settings
+from bot.integrations import approvers
 from storage.errors import TapgateError
 from storage.records import Approval
 
@@ -78,8 +83,12 @@ class Decision(BaseModel):
 # --- the server ------------------------------------------------------------------------------
 
 
-def build_server(settings: Settings) -> MCPServer:
-    """The MCP server with its three tools, talking to the bot at ``settings.socket_path``."""
+def build_server(settings: Settings, *, requested_by: int | None = None,
+                 required_approvals: int | None = None) -> MCPServer:
+    """The MCP server with its three tools, talking to the bot at ``settings.socket_path``.
+
+    ``requested_by`` and ``required_approvals`` go with every request ``request_approval``
+    makes; the tool has no arguments for them (see :mod:`bot.integrations.approvers`)."""
     server = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, log_level=settings.log_level)
 
     @asynccontextmanager
@@ -122,8 +131,10 @@ def build_server(settings: Settings) -> MCPServer:
         Act only when the returned status is 'approved'; if it carries an edited_payload,
         do that instead of what you asked."""
         async with bot() as client:
-            approval = await client.request_approval(_agent_name(ctx), kind, summary, payload,
-                                                     ttl_seconds, accepts_edits=accepts_edits)
+            approval = await client.request_approval(
+                _agent_name(ctx), kind, summary, payload, ttl_seconds,
+                accepts_edits=accepts_edits, required_approvals=required_approvals,
+                requested_by=requested_by)
             log.info("request %s submitted (%s: %s)", approval.id, kind, summary)
             if wait and not approval.is_final:
                 approval = await _wait_reporting(client, approval, ctx)
@@ -213,7 +224,7 @@ def serve(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every socket request at INFO: one line per long-poll slice is noise.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
-    server = build_server(settings)
+    server = build_server(settings, **approvers.fields(args))
     log.info("serving MCP on stdio; bot socket %s", settings.socket_path)
     anyio.run(server.run_stdio_async)
     return 0
@@ -237,7 +248,7 @@ def server_entry(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     if settings.socket_server_uid is not None:
         env["TAPGATE_SOCKET_SERVER_UID"] = str(settings.socket_server_uid)
     entry: dict[str, Any] = {"type": "stdio", "command": command[0],
-                             "args": [*command[1:], *extra, "mcp"]}
+                             "args": [*command[1:], *extra, "mcp", *approvers.argv(args)]}
     if env:
         entry["env"] = env
     return entry
