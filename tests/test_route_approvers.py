@@ -17,7 +17,7 @@ import pytest
 
 from bot.config import ConfigError, load_settings
 from storage.rule_records import NewRule
-from tests.fake_telegram import User
+from tests.test_policy_teams import CAROL, ok
 from tests.test_telegram import (
     ALICE,
     BOB,
@@ -29,17 +29,11 @@ from tests.test_telegram import (
     socket_client,
 )
 
-CAROL = User(1003, "carol", "Carol")
 DEPLOYS = -100111  # a group
 ESCALATION = -100900
 GROUP = "supergroup"
 ROUTE = {"agent": "deploy-*", "chats": [DEPLOYS], "approvers": [BOB.id, CAROL.id]}
 NOT_YOURS = "Only this route's approvers may decide this request"
-
-
-async def ok(response: httpx.Response, status: int = 200) -> dict:
-    assert response.status_code == status, response.text
-    return response.json()
 
 
 async def ask(api: httpx.AsyncClient, **fields) -> dict:
