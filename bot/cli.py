@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from storage.errors import TapgateError
+from storage.records import MAX_APPROVALS, MAX_USER_ID
 
 # bot.config (pydantic-settings) is imported where it is used: a hook runs this module
 # before every tool call of an agent, and must not pay for the bot's settings.
@@ -62,27 +63,26 @@ def _instant(text: str) -> datetime:
         raise SystemExit(fail(str(exc))) from None
 
 
-def approvers_count(text: str) -> int:
-    """``--required-approvals``: 1..10 distinct approvers, as the socket API takes."""
+def _whole(text: str, high: int, must: str) -> int:
+    """``text`` as a whole number from 1 to ``high``; argparse's error saying ``must``."""
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if not 1 <= value <= 10:
-        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 10, got {text!r}")
+    if not 1 <= value <= high:
+        raise argparse.ArgumentTypeError(f"must be {must}, got {text!r}")
     return value
+
+
+def approvers_count(text: str) -> int:
+    """``--required-approvals``: distinct approvers, within the socket API's bounds."""
+    return _whole(text, MAX_APPROVALS, f"a whole number from 1 to {MAX_APPROVALS}")
 
 
 def telegram_user(text: str) -> int:
     """``--requested-by``: a Telegram user id (a positive integer up to 2**53)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 1 <= value <= 2**53:
-        raise argparse.ArgumentTypeError(f"must be a Telegram user id (a positive whole "
-                                         f"number, e.g. 123456789), got {text!r}")
-    return value
+    return _whole(text, MAX_USER_ID, "a Telegram user id (a positive whole number, e.g. "
+                                     "123456789)")
 
 
 def _payload(text: str) -> Any:

@@ -24,6 +24,7 @@ from bot.durations import parse_duration  # noqa: F401  (re-exported: the settin
 from bot.peers import uid_of
 from bot.routing import check_approvers, parse_routes
 from storage.errors import TapgateError
+from storage.records import MAX_APPROVALS
 from storage.rule_records import Route
 
 PREFIX = "TAPGATE_"
@@ -97,7 +98,7 @@ class Settings(BaseSettings):
     approver_chat_ids: IntList = Field(default_factory=list)
     approver_user_ids: IntList = Field(default_factory=list)
     # Before routes: a route's approvers are checked against both.
-    default_required_approvals: int = Field(1, ge=1, le=10)
+    default_required_approvals: int = Field(1, ge=1, le=MAX_APPROVALS)
     # Routes (bot/routing.py): a JSON list of {"agent", "kind", "chats", "approvers"},
     # first match wins; requests no route matches go to the approver chats.
     routes: Annotated[list[Route], NoDecode] = Field(default_factory=list)

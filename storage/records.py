@@ -37,6 +37,8 @@ MAX_RUN_DOLLARS = 10**9  # one run's usage: 1e18 nano-dollars
 MAX_BUDGET_TOKENS = 2**62
 MAX_BUDGET_DOLLARS = 1e12
 MAX_INT32 = 2**31 - 1
+MAX_APPROVALS = 10  # distinct approvers one request may need
+MAX_USER_ID = 2**53  # Telegram: user ids have at most 52 significant bits
 
 
 def to_nano(dollars: float) -> int:
@@ -72,7 +74,7 @@ class NewApproval(Record):
     chat_ids: list[int] = Field(default_factory=list)
     submitter_uid: int | None = None
     accepts_edits: bool = False
-    required_approvals: int = Field(1, ge=1, le=10)
+    required_approvals: int = Field(1, ge=1, le=MAX_APPROVALS)
     requested_by: int | None = None
     escalate_after: float | None = Field(None, gt=0)
     approvers: list[int] | None = None
@@ -362,7 +364,7 @@ class ApprovalRule(Record):
 
     tool: str | None = None
     side_effect: str | None = None
-    required_approvals: int | None = Field(None, ge=1, le=10)
+    required_approvals: int | None = Field(None, ge=1, le=MAX_APPROVALS)
 
 
 MAX_ESCALATE_AFTER = 30 * 86400.0  # no request lives longer (the TTL's bound)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, StrictInt, field_validator
 
-from storage.records import Record
+from storage.records import MAX_USER_ID, Record
 
 
 class NewRule(Record):
@@ -84,7 +84,6 @@ class ReplyPrompt(Record):
 # --- routes ---------------------------------------------------------------------
 
 MAX_CHAT_ID = 2**63 - 1  # a Telegram chat id fits a signed 64-bit integer
-MAX_USER_ID = 2**53  # Telegram: user ids have at most 52 significant bits
 
 
 class Route(Record):

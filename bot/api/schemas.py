@@ -31,6 +31,8 @@ from bot.durations import parse_duration
 from bot.window import bounded as bounded_instant
 from storage.errors import InvalidArgument
 from storage.records import (
+    MAX_APPROVALS,
+    MAX_USER_ID,
     Approval,
     ApprovalRule,
     ApprovalStatus,
@@ -124,13 +126,14 @@ class ApprovalCreate(Wire):
         False, description="the submitter runs an approver's edited request (it reads "
                            "edited_payload); false: an approver's Edit is refused")
     required_approvals: int | None = Field(
-        None, ge=1, le=10, description="distinct approvers needed; one deny decides. "
-                                       "Never fewer than the run's policy or "
-                                       "TAPGATE_DEFAULT_REQUIRED_APPROVALS asks: a smaller "
-                                       "value is raised")
+        None, ge=1, le=MAX_APPROVALS,
+        description="distinct approvers needed; one deny decides. Never fewer than the "
+                    "run's policy or TAPGATE_DEFAULT_REQUIRED_APPROVALS asks: a smaller "
+                    "value is raised")
     requested_by: int | None = Field(
-        None, ge=1, le=2**53, description="the Telegram user id this request acts for: "
-                                          "their own approval does not count")
+        None, ge=1, le=MAX_USER_ID,
+        description="the Telegram user id this request acts for: their own approval does "
+                    "not count")
 
 
 class ApprovalCancel(Wire):
@@ -319,8 +322,9 @@ class ApprovalRuleIn(Wire):
     tool: Key | None = None
     side_effect: Key | None = None
     required_approvals: int | None = Field(
-        None, ge=1, le=10, description="distinct approvers such a call needs (default "
-                                       "TAPGATE_DEFAULT_REQUIRED_APPROVALS)")
+        None, ge=1, le=MAX_APPROVALS,
+        description="distinct approvers such a call needs (default "
+                    "TAPGATE_DEFAULT_REQUIRED_APPROVALS)")
 
 
 def _duration(value: Any) -> Any:
