@@ -43,13 +43,13 @@ def in_order(stored: list, settings: Settings) -> list[dict[str, Any]]:
 
 def cmd_routes(args: argparse.Namespace, settings: Settings) -> int:
     from bot.routing import first_route
-    from storage.rule_records import Route
 
     if (args.agent is None) != (args.kind is None):
         raise CommandError("give both --agent and --kind (a request has both), or neither "
                            "to list the routes")
 
-    routes = in_order(_read(settings, lambda s: s.list_routes()), settings)
+    stored = _read(settings, lambda s: s.list_routes())
+    routes = in_order(stored, settings)
     default = list(settings.approver_chat_ids)
     escalation = {"chats": list(settings.escalation_chat_ids),
                   "after_seconds": settings.escalate_after}
@@ -60,8 +60,7 @@ def cmd_routes(args: argparse.Namespace, settings: Settings) -> int:
             out(routes_table(routes, default, escalation))
         return 0
     agent, kind = args.agent, args.kind
-    n = first_route([Route(agent=r["agent"], kind=r["kind"], chats=r["chats"])
-                     for r in routes], agent, kind)
+    n = first_route([*stored, *settings.routes], agent, kind)  # the order of in_order
     taken = None if n is None else routes[n]
     chats = default if taken is None else taken["chats"]
     if args.json:

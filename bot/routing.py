@@ -221,10 +221,6 @@ class Router:
             await self.refresh()
         return self.target(agent, kind)
 
-    async def chats_for(self, agent: str, kind: str) -> list[int]:
-        """The chats of :meth:`target_for`."""
-        return (await self.target_for(agent, kind)).chats
-
     def target(self, agent: str, kind: str) -> Target:
         """:meth:`target_for` from what is in memory now: the first stored route that
         matches, else the first of ``TAPGATE_ROUTES``, else the approver chats."""
@@ -238,10 +234,6 @@ class Router:
                 self._memo.clear()
             self._memo[key] = found
         return found
-
-    def match(self, agent: str, kind: str) -> list[int]:
-        """The chats of :meth:`target`."""
-        return self.target(agent, kind).chats
 
     def all_chat_ids(self) -> list[int]:
         """Every chat a request may be posted to: any route's, the approver and the

@@ -79,7 +79,7 @@ async def test_stored_routes_come_first_and_match_as_the_bot_does(routes_env, ca
     store = Store.from_url(settings.database_url)
     try:
         router = Router.from_settings(store, settings)
-        assert answers == {(a, k): await router.chats_for(a, k) for a, k, _ in cases}
+        assert answers == {(a, k): (await router.target_for(a, k)).chats for a, k, _ in cases}
         await router.close()
     finally:
         store.close()

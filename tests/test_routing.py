@@ -251,26 +251,26 @@ async def test_router_orders_stored_routes_then_settings_then_approver_chats(sto
                     clock=lambda: now[0])
     learnt = []
     router.subscribe(lambda: learnt.append(list(router.all_chat_ids())))
-    assert await router.chats_for("deploy-api", "edit") == [DEPLOYS]
-    assert await router.chats_for("docs", "edit") == [DOCS]
-    assert await router.chats_for("builder", "shell") == [CHAT_B]
+    assert (await router.target_for("deploy-api", "edit")).chats == [DEPLOYS]
+    assert (await router.target_for("docs", "edit")).chats == [DOCS]
+    assert (await router.target_for("builder", "shell")).chats == [CHAT_B]
     assert router.all_chat_ids() == [CHAT_B, -100900, DEPLOYS, DOCS]
     assert router.is_route_chat(-100900) and not router.is_route_chat(LATE)
     # Stored by another process: seen once the cache is older than max_age.
     store.replace_routes([Route(agent="deploy-api", chats=[LATE])])
     now[0] = 0.5
-    assert await router.chats_for("deploy-api", "shell") == [DEPLOYS]  # still cached
+    assert (await router.target_for("deploy-api", "shell")).chats == [DEPLOYS]  # still cached
     now[0] = 1.0
-    assert await router.chats_for("deploy-api", "shell") == [LATE]  # stored routes first
-    assert await router.chats_for("deploy-web", "shell") == [DEPLOYS]
+    assert (await router.target_for("deploy-api", "shell")).chats == [LATE]  # stored routes first
+    assert (await router.target_for("deploy-web", "shell")).chats == [DEPLOYS]
     assert learnt and LATE in learnt[-1]
     # Stored through the router's own Store: read at once, whatever the age.
     router.store = store
-    assert await router.chats_for("deploy-api", "shell") == [LATE]
+    assert (await router.target_for("deploy-api", "shell")).chats == [LATE]
     assert not router.stale
     await store.run(store.replace_routes, [])
     assert router.stale
-    assert await router.chats_for("deploy-api", "shell") == [DEPLOYS]
+    assert (await router.target_for("deploy-api", "shell")).chats == [DEPLOYS]
 
 
 # --- through the real bot -------------------------------------------------------------------
@@ -362,7 +362,7 @@ async def test_routes_applied_while_the_bot_runs_take_effect(fake, db_url, tmp_p
         assert "stored 1 route(s)" in await _apply_in_another_process(db_url, path, tmp_path)
         # Another process stored them: this bot reads them within about a second.
         async def routed() -> None:
-            while await svc.router.chats_for("deploy-api", "shell") != [LATE]:
+            while (await svc.router.target_for("deploy-api", "shell")).chats != [LATE]:
                 await asyncio.sleep(0.05)
         await asyncio.wait_for(routed(), 5)
         after, _ = await svc.manager.submit(agent="deploy-api", kind="shell", summary="two")
