@@ -76,7 +76,8 @@ def cast_vote(store: StoreBase, approval_id: str, decided_by: str, edited_payloa
     if edited_payload is not None:
         raise InvalidArgument(f"approval {approval_id} needs {request.required_approvals} "
                               "approvers: each approves it as submitted, so it cannot be edited")
-    if request.requested_by is not None and voter == f"telegram:{request.requested_by}":
+    if request.requested_by is not None and \
+            approvers.telegram_user(decided_by) == request.requested_by:
         raise SelfApproval(with_votes(store, current))
     added = store.db.execute_sql(store.statement("vote.add", lambda: (
         'INSERT INTO "approval_vote" ("approval_id", "voter", "by", "at") '
