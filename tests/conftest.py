@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -41,6 +42,17 @@ def clean_env(monkeypatch, tmp_path):
             monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def home():
+    """A short temporary directory (AF_UNIX paths are short) holding ``home`` and ``work``:
+    a user's home and working directory for the CLI and doctor tests."""
+    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="tgo-"))
+    (root / "home").mkdir()
+    (root / "work").mkdir()
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import shutil
 import sqlite3
 import stat
 import sys
-import tempfile
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -27,16 +25,6 @@ from telegram import (
 from bot.doctor import can_post, clock_verdict, shown_url
 from tests.botproc import BotProcess, bot_env
 from tests.test_telegram import ALICE, BOB
-
-
-@pytest.fixture
-def home():
-    """A short temporary directory (AF_UNIX paths are short) holding ``home`` and ``work``."""
-    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="tgo-"))
-    (root / "home").mkdir()
-    (root / "work").mkdir()
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def env_for(root: Path, **tapgate: str) -> dict[str, str]:

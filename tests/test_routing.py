@@ -7,12 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from datetime import timedelta
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -399,16 +396,6 @@ async def test_routes_applied_while_the_bot_runs_take_effect(fake, db_url, tmp_p
         assert not [m for m in fake.messages(LATE) if unsent.id in (m.text or "")]
     finally:
         await svc.stop()
-
-
-@pytest.fixture
-def home():
-    """A short directory (AF_UNIX paths are short) holding ``home`` and ``work``."""
-    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="tgr-"))
-    (root / "home").mkdir()
-    (root / "work").mkdir()
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
 
 
 async def test_doctor_checks_the_route_chats_too(fake, home, sqlite_url):
