@@ -7,21 +7,19 @@ strangers and forged data; plus the store's compare-and-sets and crash safety.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 from datetime import timedelta
 
 import pytest
 
 from bot.config import ConfigError, load_settings
-from bot.service import Service
 from bot.telegram import render
 from bot.telegram.digest import DIGEST_CAPACITY, PAGE_SIZE, digest_keyboard, digest_text
 from bot.telegram.digest_taps import NOT_THIS_MESSAGE, UNKNOWN_DIGEST
 from bot.telegram.fit import visible_length
 from storage.records import NewApproval
 from tests.fake_telegram import FakeTelegram, User
-from tests.test_telegram import ALICE, BOB, EVE, answer_of, settings_for, submit
+from tests.test_telegram import ALICE, BOB, EVE, answer_of, running, settings_for, submit
 
 GROUP = -1001234500000
 CAROL = User(1003, "carol", "Carol")
@@ -35,17 +33,10 @@ async def paced():
         yield server
 
 
-@contextlib.asynccontextmanager
-async def bot_for(fake, db_url, **overrides):
+def bot_for(fake, db_url, **overrides):
     values = {"approver_chat_ids": [GROUP], "approver_user_ids": [ALICE.id, BOB.id, CAROL.id],
               **overrides}
-    svc = Service(settings_for(fake, db_url, **values), with_socket=False)
-    await svc.start()
-    try:
-        await fake.wait_polling()
-        yield svc
-    finally:
-        await svc.stop()
+    return running(fake, settings_for(fake, db_url, **values), with_socket=False)
 
 
 @pytest.fixture

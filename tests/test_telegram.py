@@ -39,17 +39,26 @@ def settings_for(fake: FakeTelegram, db_url: str, **overrides) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def served_on_a_socket(fake: FakeTelegram, db_url: str, **overrides):
-    """The bot with its Unix socket (what agents use), polling ``fake``."""
-    sock_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="tgs-"))  # AF_UNIX paths are short
-    svc = Service(settings_for(fake, db_url, socket_path=sock_dir / "tapgate.sock",
-                               **overrides))
+async def running(fake: FakeTelegram, settings: Settings, with_socket: bool = True):
+    """The bot of ``settings``, started and polling ``fake``; stopped on the way out."""
+    svc = Service(settings, with_socket=with_socket)
     await svc.start()
     try:
         await fake.wait_polling()
         yield svc
     finally:
         await svc.stop()
+
+
+@contextlib.asynccontextmanager
+async def served_on_a_socket(fake: FakeTelegram, db_url: str, **overrides):
+    """The bot with its Unix socket (what agents use), polling ``fake``."""
+    sock_dir = Path(tempfile.mkdtemp(dir="/tmp", prefix="tgs-"))  # AF_UNIX paths are short
+    try:
+        async with running(fake, settings_for(fake, db_url, socket_path=sock_dir /
+                                              "tapgate.sock", **overrides)) as svc:
+            yield svc
+    finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
